@@ -1,0 +1,312 @@
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::primitive::Arc;
+use crate::protocol::{self, Part};
+use crate::record::{Rec, Slot};
+use crate::Error;
+
+/// Which store a handle came from (`Store::set` refuses handles of another store).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct StoreId(u64);
+
+impl StoreId {
+    pub(crate) fn new() -> Self {
+        // Touched once per store, never on the read or commit path.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// One key read from a [`Store`](crate::Store): its version and value as read, and a pending
+/// change made with [`set`](Value::set) or [`clear`](Value::clear).
+///
+/// The handle keeps its key's slot, so it always commits to the store it came from, even if it
+/// outlives that store (then nobody can observe the result).
+///
+/// ```
+/// let store = stm_store::Store::new();
+/// let mut greeting = store.usevar("greeting")?;
+/// greeting.set("hello");
+/// greeting.commit()?;
+/// assert_eq!((greeting.version(), greeting.value()), (1, Some(&"hello")));
+/// greeting.set("goodbye"); // a committed handle is clean: use it again
+/// greeting.commit()?;
+/// assert_eq!(greeting.version(), 2);
+/// # Ok::<(), stm_store::Error>(())
+/// ```
+pub struct Value<K, V> {
+    store: StoreId,
+    slot: Arc<Slot<K, V>>,
+    read: Rec<K, V>,
+    pending: Option<Rec<K, V>>,
+}
+
+impl<K, V> Value<K, V> {
+    pub(crate) fn new(store: StoreId, slot: Arc<Slot<K, V>>, read: Rec<K, V>) -> Self {
+        Self {
+            store,
+            slot,
+            read,
+            pending: None,
+        }
+    }
+
+    pub(crate) fn store_id(&self) -> StoreId {
+        self.store
+    }
+
+    /// The key.
+    pub fn key(&self) -> &K {
+        &self.slot.key
+    }
+
+    /// The version read (0 for a key never written); after a successful commit that wrote this
+    /// handle, the version it wrote.
+    pub fn version(&self) -> u64 {
+        self.read.version()
+    }
+
+    /// The pending value after [`set`](Value::set) or [`clear`](Value::clear); otherwise the
+    /// value read. `None` means "no value".
+    pub fn value(&self) -> Option<&V> {
+        self.pending.as_ref().unwrap_or(&self.read).value()
+    }
+
+    /// Sets the value to write at the next commit.
+    pub fn set(&mut self, value: V) {
+        self.pending = Some(Rec::new(self.read.version() + 1, Some(value)));
+    }
+
+    /// Sets "no value" as the value to write at the next commit (a write, not an undo).
+    ///
+    /// ```
+    /// let store = stm_store::Store::new();
+    /// let mut v = store.usevar("k")?;
+    /// v.set(1);
+    /// v.commit()?;
+    /// v.clear();
+    /// v.commit()?;
+    /// assert_eq!(store.dump(), vec![("k", 2, None)]);
+    /// # Ok::<(), stm_store::Error>(())
+    /// ```
+    pub fn clear(&mut self) {
+        self.pending = Some(Rec::new(self.read.version() + 1, None));
+    }
+
+    /// Commits this handle: writes the pending value with version = read version + 1, or, if
+    /// nothing is pending, checks that the key is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConcurrentUpdate`] if the key was committed by someone else since it was read;
+    /// then nothing was written and the handle is unchanged.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        protocol::commit(&[self.part()])?;
+        self.committed();
+        Ok(())
+    }
+
+    fn part(&self) -> Part<'_, K, V> {
+        Part {
+            slot: &self.slot,
+            version: self.read.version(),
+            write: self.pending.as_ref(),
+        }
+    }
+
+    /// After a successful commit: the written value becomes the read one.
+    fn committed(&mut self) {
+        if let Some(written) = self.pending.take() {
+            self.read = written;
+        }
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Value<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Value")
+            .field("key", self.key())
+            .field("version", &self.version())
+            .field("value", &self.value())
+            .field("pending", &self.pending.is_some())
+            .finish()
+    }
+}
+
+/// Several keys read together by [`Store::using`](crate::Store::using): one [`Value`] per
+/// distinct key, in key order, committed all at once or not at all.
+///
+/// Index it by key to reach a value; indexing with a key that is not in the collection panics,
+/// as a map's index does ([`get`](Collection::get) returns an `Option` instead).
+///
+/// ```
+/// let store = stm_store::Store::new();
+/// let mut c = store.using(["a", "b"])?;
+/// c["a"].set(1);
+/// c["b"].set(2);
+/// c.commit()?;
+/// let c = store.using(["a", "b"])?;
+/// assert_eq!(c.keys().copied().collect::<Vec<_>>(), ["a", "b"]);
+/// assert_eq!(c["b"].value(), Some(&2));
+/// assert!(c.get("z").is_none());
+/// # Ok::<(), stm_store::Error>(())
+/// ```
+pub struct Collection<K, V> {
+    store: StoreId,
+    /// Sorted by key.
+    values: Vec<Value<K, V>>,
+}
+
+impl<K, V> Collection<K, V> {
+    pub(crate) fn new(store: StoreId, mut values: Vec<Value<K, V>>) -> Self
+    where
+        K: Ord,
+    {
+        values.sort_by(|a, b| a.key().cmp(b.key()));
+        Self { store, values }
+    }
+
+    pub(crate) fn store_id(&self) -> StoreId {
+        self.store
+    }
+
+    /// The handle of `key`, if the collection has it.
+    pub fn get<Q>(&self, key: &Q) -> Option<&Value<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.position(key).map(|at| &self.values[at])
+    }
+
+    /// The handle of `key`, mutably, if the collection has it.
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut Value<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.position(key).map(|at| &mut self.values[at])
+    }
+
+    /// The number of distinct keys.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the collection has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The keys, in key order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.values.iter().map(Value::key)
+    }
+
+    /// The keys and their handles, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &Value<K, V>)> {
+        self.values.iter().map(|value| (value.key(), value))
+    }
+
+    /// The handles, mutably, in key order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Value<K, V>> {
+        self.values.iter_mut()
+    }
+
+    /// Commits every handle at once: the ones that were set or cleared are written (version =
+    /// read version + 1), the others are only checked to be unchanged. An empty collection, or
+    /// one with nothing set, commits by validating.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConcurrentUpdate`] if any key was committed by someone else since it was read;
+    /// then nothing was written and every handle is unchanged.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        let parts: Vec<_> = self.values.iter().map(Value::part).collect();
+        protocol::commit(&parts)?;
+        self.committed();
+        Ok(())
+    }
+
+    fn committed(&mut self) {
+        self.values.iter_mut().for_each(Value::committed);
+    }
+
+    fn position<Q>(&self, key: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.values
+            .binary_search_by(|value| value.key().borrow().cmp(key))
+            .ok()
+    }
+
+    /// Starts a commit through the multi-key protocol, claims its first `claims` keys, and
+    /// stops there, as a committer stalled mid-commit would. For tests of the protocol's
+    /// progress guarantee; other threads may finish (help) the commit meanwhile.
+    #[cfg(any(loom, feature = "test-hooks"))]
+    pub fn commit_paused(&mut self, claims: usize) -> Paused<'_, K, V> {
+        let parts: Vec<_> = self.values.iter().map(Value::part).collect();
+        let mut commit = protocol::Commit::new(protocol::entries(&parts));
+        commit.claim_first(claims);
+        Paused {
+            commit,
+            collection: self,
+        }
+    }
+}
+
+/// A commit stopped after claiming some keys (see [`Collection::commit_paused`]). Dropping it
+/// without resuming aborts the commit if nobody has decided it yet.
+#[cfg(any(loom, feature = "test-hooks"))]
+pub struct Paused<'a, K, V> {
+    commit: protocol::Commit<K, V>,
+    collection: &'a mut Collection<K, V>,
+}
+
+#[cfg(any(loom, feature = "test-hooks"))]
+impl<K, V> Paused<'_, K, V> {
+    /// Finishes the commit and reports it, as [`Collection::commit`] would have.
+    pub fn resume(mut self) -> Result<(), Error> {
+        self.commit.run()?;
+        self.collection.committed();
+        Ok(())
+    }
+}
+
+impl<K, V, Q> std::ops::Index<&Q> for Collection<K, V>
+where
+    K: Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    type Output = Value<K, V>;
+
+    /// # Panics
+    ///
+    /// If `key` is not in the collection.
+    fn index(&self, key: &Q) -> &Value<K, V> {
+        self.get(key).expect(NOT_IN_COLLECTION)
+    }
+}
+
+impl<K, V, Q> std::ops::IndexMut<&Q> for Collection<K, V>
+where
+    K: Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    fn index_mut(&mut self, key: &Q) -> &mut Value<K, V> {
+        self.get_mut(key).expect(NOT_IN_COLLECTION)
+    }
+}
+
+const NOT_IN_COLLECTION: &str =
+    "key not in this Collection: index only by keys passed to `using` (or use `get`)";
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Collection<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.values).finish()
+    }
+}

@@ -1,0 +1,51 @@
+//! An in-process store of versioned key-value pairs with optimistic, atomic multi-key commits
+//! and no lock on the read or commit path: a redesign of Kamaelia's `Axon.STM`.
+//!
+//! A thread reads keys into handles ([`Store::usevar`], [`Store::using`]), changes them, and
+//! commits. The commit either lands atomically or fails with [`Error::ConcurrentUpdate`]
+//! (someone committed a key you read: re-read and redo).
+//!
+//! ```
+//! use stm_store::{Error, Store};
+//!
+//! let store: Store<&str, i64> = Store::new();
+//! let mut accounts = store.using(["alice", "bob"])?;
+//! accounts["alice"].set(100);
+//! accounts["bob"].set(0);
+//! accounts.commit()?;
+//!
+//! // Move 30 from alice to bob, retrying if someone else got there first.
+//! loop {
+//!     let mut accounts = store.using(["alice", "bob"])?;
+//!     let alice = accounts["alice"].value().copied().unwrap_or(0);
+//!     let bob = accounts["bob"].value().copied().unwrap_or(0);
+//!     accounts["alice"].set(alice - 30);
+//!     accounts["bob"].set(bob + 30);
+//!     match accounts.commit() {
+//!         Ok(()) => break,
+//!         Err(Error::ConcurrentUpdate | Error::BusyRetry) => continue,
+//!     }
+//! }
+//! assert_eq!(store.dump(), vec![("alice", 2, Some(70)), ("bob", 2, Some(30))]);
+//! # Ok::<(), Error>(())
+//! ```
+//!
+//! The [`docs`] module holds the long-form documentation: the protocol, and how this crate
+//! differs from Axon.STM.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod docs;
+mod error;
+mod handle;
+mod primitive;
+mod protocol;
+mod record;
+mod snapshot;
+mod store;
+
+pub use error::Error;
+#[cfg(any(loom, feature = "test-hooks"))]
+pub use handle::Paused;
+pub use handle::{Collection, Value};
+pub use store::Store;

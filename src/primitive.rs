@@ -1,0 +1,215 @@
+//! The only module that names `std::sync`, `arc_swap`, `dashmap` or `loom`.
+//!
+//! Under `cfg(loom)` every primitive the protocol touches is swapped for a loom model, so the
+//! model checker sees every shared-memory step of the real protocol code. `arc-swap` and
+//! `dashmap` have no loom support; they are modelled by a loom `Mutex` around the same data,
+//! which is a faithful model of a linearizable `ArcSwap` (load / compare-and-swap / swap) and
+//! of a concurrent map's "find or insert".
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicU64, AtomicU8, Ordering},
+    Arc,
+};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{
+    atomic::{AtomicU64, AtomicU8, Ordering},
+    Arc,
+};
+
+pub(crate) use atomic_arc::{AtomicArc, AtomicArcOption, Loaded};
+pub(crate) use index::Index;
+
+#[cfg(not(loom))]
+mod atomic_arc {
+    use super::Arc;
+    use arc_swap::{ArcSwap, ArcSwapOption, Guard};
+    use std::ops::Deref;
+
+    /// A shared, atomically replaceable `Arc<T>`.
+    pub(crate) struct AtomicArc<T>(ArcSwap<T>);
+
+    /// What [`AtomicArc::load`] saw; keeps it alive, so its address cannot be reused (no ABA).
+    pub(crate) struct Loaded<T>(Guard<Arc<T>>);
+
+    impl<T> AtomicArc<T> {
+        pub(crate) fn new(value: Arc<T>) -> Self {
+            Self(ArcSwap::new(value))
+        }
+
+        pub(crate) fn load(&self) -> Loaded<T> {
+            Loaded(self.0.load())
+        }
+
+        /// Replaces `current` by `new` if `current` is still there, and returns what it
+        /// replaced; otherwise changes nothing.
+        pub(crate) fn compare_exchange(&self, current: &Loaded<T>, new: Arc<T>) -> Option<Arc<T>> {
+            let previous = self.0.compare_and_swap(&current.0, new);
+            Arc::ptr_eq(&previous, &current.0).then(|| Guard::into_inner(previous))
+        }
+    }
+
+    impl<T> Loaded<T> {
+        pub(crate) fn to_arc(&self) -> Arc<T> {
+            Arc::clone(&self.0)
+        }
+    }
+
+    impl<T> Deref for Loaded<T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            &self.0
+        }
+    }
+
+    /// A shared, atomically replaceable `Option<Arc<T>>`.
+    pub(crate) struct AtomicArcOption<T>(ArcSwapOption<T>);
+
+    impl<T> AtomicArcOption<T> {
+        pub(crate) fn new(value: Option<Arc<T>>) -> Self {
+            Self(ArcSwapOption::new(value))
+        }
+
+        pub(crate) fn load_full(&self) -> Option<Arc<T>> {
+            self.0.load_full()
+        }
+
+        pub(crate) fn take(&self) -> Option<Arc<T>> {
+            self.0.swap(None)
+        }
+
+        /// Stores `value` if nothing is stored yet; reports whether it did.
+        pub(crate) fn set_if_empty(&self, value: Arc<T>) -> bool {
+            let previous = self.0.compare_and_swap(&None::<Arc<T>>, Some(value));
+            previous.is_none()
+        }
+    }
+}
+
+#[cfg(loom)]
+mod atomic_arc {
+    use super::Arc;
+    use loom::sync::Mutex;
+    use std::ops::Deref;
+
+    pub(crate) struct AtomicArc<T>(Mutex<Arc<T>>);
+
+    pub(crate) struct Loaded<T>(Arc<T>);
+
+    impl<T> AtomicArc<T> {
+        pub(crate) fn new(value: Arc<T>) -> Self {
+            Self(Mutex::new(value))
+        }
+
+        pub(crate) fn load(&self) -> Loaded<T> {
+            Loaded(Arc::clone(&self.0.lock().unwrap()))
+        }
+
+        pub(crate) fn compare_exchange(&self, current: &Loaded<T>, new: Arc<T>) -> Option<Arc<T>> {
+            let mut slot = self.0.lock().unwrap();
+            Arc::ptr_eq(&slot, &current.0).then(|| std::mem::replace(&mut *slot, new))
+        }
+    }
+
+    impl<T> Loaded<T> {
+        pub(crate) fn to_arc(&self) -> Arc<T> {
+            Arc::clone(&self.0)
+        }
+    }
+
+    impl<T> Deref for Loaded<T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            &self.0
+        }
+    }
+
+    pub(crate) struct AtomicArcOption<T>(Mutex<Option<Arc<T>>>);
+
+    impl<T> AtomicArcOption<T> {
+        pub(crate) fn new(value: Option<Arc<T>>) -> Self {
+            Self(Mutex::new(value))
+        }
+
+        pub(crate) fn load_full(&self) -> Option<Arc<T>> {
+            self.0.lock().unwrap().clone()
+        }
+
+        pub(crate) fn take(&self) -> Option<Arc<T>> {
+            self.0.lock().unwrap().take()
+        }
+
+        pub(crate) fn set_if_empty(&self, value: Arc<T>) -> bool {
+            let mut slot = self.0.lock().unwrap();
+            let empty = slot.is_none();
+            if empty {
+                *slot = Some(value);
+            }
+            empty
+        }
+    }
+}
+
+#[cfg(not(loom))]
+mod index {
+    use super::Arc;
+    use dashmap::DashMap;
+    use std::hash::Hash;
+
+    /// The key index: finds or creates the slot of a key.
+    pub(crate) struct Index<K, S>(DashMap<K, Arc<S>>);
+
+    impl<K: Ord + Hash, S> Index<K, S> {
+        pub(crate) fn new() -> Self {
+            Self(DashMap::new())
+        }
+
+        pub(crate) fn get(&self, key: &K) -> Option<Arc<S>> {
+            self.0.get(key).map(|slot| Arc::clone(&slot))
+        }
+
+        /// The slot of `key`, inserting `slot` if the key has none yet.
+        pub(crate) fn get_or_insert(&self, key: K, slot: Arc<S>) -> Arc<S> {
+            Arc::clone(&self.0.entry(key).or_insert(slot))
+        }
+
+        /// Every slot, copied out so that no user code runs under a shard lock.
+        pub(crate) fn slots(&self) -> Vec<Arc<S>> {
+            self.0
+                .iter()
+                .map(|entry| Arc::clone(entry.value()))
+                .collect()
+        }
+    }
+}
+
+#[cfg(loom)]
+mod index {
+    use super::Arc;
+    use loom::sync::Mutex;
+    use std::collections::BTreeMap;
+    use std::hash::Hash;
+
+    /// A `BTreeMap`, not a `HashMap`: loom needs every run of a model to visit slots in the
+    /// same order.
+    pub(crate) struct Index<K, S>(Mutex<BTreeMap<K, Arc<S>>>);
+
+    impl<K: Ord + Hash, S> Index<K, S> {
+        pub(crate) fn new() -> Self {
+            Self(Mutex::new(BTreeMap::new()))
+        }
+
+        pub(crate) fn get(&self, key: &K) -> Option<Arc<S>> {
+            self.0.lock().unwrap().get(key).cloned()
+        }
+
+        pub(crate) fn get_or_insert(&self, key: K, slot: Arc<S>) -> Arc<S> {
+            Arc::clone(self.0.lock().unwrap().entry(key).or_insert(slot))
+        }
+
+        pub(crate) fn slots(&self) -> Vec<Arc<S>> {
+            self.0.lock().unwrap().values().cloned().collect()
+        }
+    }
+}

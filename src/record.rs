@@ -1,0 +1,203 @@
+//! The data the protocol shares between threads: slots, records, claims and descriptors.
+//!
+//! A slot holds one [`Node`]: either a plain record `(version, value)` or a *claim* that a
+//! multi-key transaction put there. A claim's logical record is `after` once its transaction
+//! is committed and `before` otherwise; nodes are immutable, so "changing a key" always means
+//! swapping the slot's `Arc` for a new node.
+
+use crate::primitive::{Arc, AtomicArc, AtomicArcOption, AtomicU8, Loaded, Ordering};
+
+/// One key's home. Handles keep it alive, so a commit never needs the key index.
+pub(crate) struct Slot<K, V> {
+    /// Fixed at creation, unique within a store: the order in which commits claim slots.
+    pub(crate) id: u64,
+    pub(crate) key: K,
+    pub(crate) state: AtomicArc<Node<K, V>>,
+}
+
+pub(crate) enum Node<K, V> {
+    Plain { version: u64, value: Option<V> },
+    Claim(Claim<K, V>),
+}
+
+pub(crate) struct Claim<K, V> {
+    pub(crate) before: Rec<K, V>,
+    pub(crate) after: Rec<K, V>,
+    pub(crate) txn: Arc<Txn<K, V>>,
+}
+
+/// A node that is known to be plain: what handles hold and claims point to (invariant I3).
+pub(crate) struct Rec<K, V>(Arc<Node<K, V>>);
+
+/// A multi-key transaction's descriptor.
+pub(crate) struct Txn<K, V> {
+    status: AtomicU8,
+    /// Taken (and so dropped) by whoever decides the status: that breaks the cycle
+    /// slot -> claim -> txn -> entries -> slot, and frees the records the entries pin.
+    entries: AtomicArcOption<Vec<Entry<K, V>>>,
+}
+
+pub(crate) struct Entry<K, V> {
+    pub(crate) slot: Arc<Slot<K, V>>,
+    pub(crate) expect: Expect<K, V>,
+    /// The record to install on commit; `None` for a key that is only validated.
+    pub(crate) write: Option<Rec<K, V>>,
+}
+
+pub(crate) enum Expect<K, V> {
+    /// The version the handle read: the claim fails validation on any other.
+    Version(u64),
+    /// A snapshot's claim: takes whatever it finds and keeps the record here.
+    Any(AtomicArcOption<Node<K, V>>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    Undecided = 0,
+    Committed = 1,
+    Aborted = 2,
+}
+
+impl<K, V> Slot<K, V> {
+    pub(crate) fn new(id: u64, key: K) -> Self {
+        let empty = Rec::new(0, None);
+        Self {
+            id,
+            key,
+            state: AtomicArc::new(empty.0),
+        }
+    }
+
+    /// The committed record right now: one load, no loop, no help.
+    pub(crate) fn read(&self) -> Rec<K, V> {
+        logical(&self.state.load())
+    }
+
+    /// The committed version right now, without taking a reference to the record.
+    pub(crate) fn version(&self) -> u64 {
+        logical_version(&self.state.load())
+    }
+}
+
+/// The logical record of what a slot held.
+pub(crate) fn logical<K, V>(loaded: &Loaded<Node<K, V>>) -> Rec<K, V> {
+    match &**loaded {
+        Node::Plain { .. } => Rec(loaded.to_arc()),
+        Node::Claim(claim) => claim.logical().clone(),
+    }
+}
+
+pub(crate) fn logical_version<K, V>(node: &Node<K, V>) -> u64 {
+    match node {
+        Node::Plain { version, .. } => *version,
+        Node::Claim(claim) => claim.logical().version(),
+    }
+}
+
+impl<K, V> Claim<K, V> {
+    pub(crate) fn logical(&self) -> &Rec<K, V> {
+        match self.txn.status() {
+            Status::Committed => &self.after,
+            Status::Undecided | Status::Aborted => &self.before,
+        }
+    }
+}
+
+impl<K, V> Rec<K, V> {
+    pub(crate) fn new(version: u64, value: Option<V>) -> Self {
+        Self(Arc::new(Node::Plain { version, value }))
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.plain().0
+    }
+
+    pub(crate) fn value(&self) -> Option<&V> {
+        self.plain().1.as_ref()
+    }
+
+    pub(crate) fn node(&self) -> Arc<Node<K, V>> {
+        Arc::clone(&self.0)
+    }
+
+    fn plain(&self) -> (u64, &Option<V>) {
+        match &*self.0 {
+            Node::Plain { version, value } => (*version, value),
+            Node::Claim(_) => unreachable!("a Rec always holds a plain node"),
+        }
+    }
+}
+
+impl<K, V> Clone for Rec<K, V> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<K, V> Txn<K, V> {
+    pub(crate) fn new(entries: Vec<Entry<K, V>>) -> Self {
+        Self {
+            status: AtomicU8::new(Status::Undecided as u8),
+            entries: AtomicArcOption::new(Some(Arc::new(entries))),
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        match self.status.load(Ordering::SeqCst) {
+            0 => Status::Undecided,
+            1 => Status::Committed,
+            _ => Status::Aborted,
+        }
+    }
+
+    pub(crate) fn is_undecided(&self) -> bool {
+        self.status() == Status::Undecided
+    }
+
+    /// Moves the status from Undecided to `outcome`; true for the one caller that did it.
+    pub(crate) fn decide(&self, outcome: Status) -> bool {
+        self.status
+            .compare_exchange(
+                Status::Undecided as u8,
+                outcome as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// The entries, while the transaction is undecided (and a little after).
+    pub(crate) fn entries(&self) -> Option<Arc<Vec<Entry<K, V>>>> {
+        self.entries.load_full()
+    }
+
+    /// Gives up the entries; only the thread that decided the status calls this.
+    pub(crate) fn take_entries(&self) -> Option<Arc<Vec<Entry<K, V>>>> {
+        self.entries.take()
+    }
+}
+
+impl<K, V> Entry<K, V> {
+    /// Notes the record a snapshot's claim holds (the first note wins; see `protocol`).
+    pub(crate) fn found(&self, record: &Rec<K, V>) {
+        if let Expect::Any(found) = &self.expect {
+            found.set_if_empty(record.node());
+        }
+    }
+
+    /// The record a snapshot's claim held, once the snapshot transaction is committed.
+    pub(crate) fn found_record(&self) -> Option<Rec<K, V>> {
+        match &self.expect {
+            Expect::Any(found) => found.load_full().map(Rec),
+            Expect::Version(_) => None,
+        }
+    }
+
+    /// Whether this entry accepts `record` as the key's current state.
+    pub(crate) fn accepts(&self, record: &Rec<K, V>) -> bool {
+        match &self.expect {
+            Expect::Version(version) => record.version() == *version,
+            Expect::Any(_) => true,
+        }
+    }
+}
