@@ -1,11 +1,9 @@
-use std::borrow::Borrow;
-use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::primitive::Arc;
+use crate::primitive::{Arc, IdCounter};
 use crate::protocol::{self, Part};
 use crate::record::{Rec, Slot};
 use crate::Error;
+use std::borrow::Borrow;
+use std::fmt;
 
 /// Which store a handle came from (`Store::set` refuses handles of another store).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -13,9 +11,8 @@ pub(crate) struct StoreId(u64);
 
 impl StoreId {
     pub(crate) fn new() -> Self {
-        // Touched once per store, never on the read or commit path.
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+        static IDS: IdCounter = IdCounter::new();
+        Self(IDS.next())
     }
 }
 
@@ -103,8 +100,9 @@ impl<K, V> Value<K, V> {
     /// [`Error::ConcurrentUpdate`] if the key was committed by someone else since it was read;
     /// then nothing was written and the handle is unchanged.
     pub fn commit(&mut self) -> Result<(), Error> {
-        protocol::commit(&[self.part()])?;
+        let replaced = protocol::commit(&[self.part()])?;
         self.committed();
+        drop(replaced);
         Ok(())
     }
 
@@ -168,8 +166,9 @@ impl<K, V> Collection<K, V> {
         Self { store, values }
     }
 
-    pub(crate) fn store_id(&self) -> StoreId {
-        self.store
+    /// Whether every handle in it came from `store` (only `std::mem::swap` can mix them).
+    pub(crate) fn all_from(&self, store: StoreId) -> bool {
+        self.store == store && self.values.iter().all(|value| value.store == store)
     }
 
     /// The handle of `key`, if the collection has it.
@@ -225,8 +224,9 @@ impl<K, V> Collection<K, V> {
     /// then nothing was written and every handle is unchanged.
     pub fn commit(&mut self) -> Result<(), Error> {
         let parts: Vec<_> = self.values.iter().map(Value::part).collect();
-        protocol::commit(&parts)?;
+        let replaced = protocol::commit(&parts)?;
         self.committed();
+        drop(replaced);
         Ok(())
     }
 

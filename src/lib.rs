@@ -49,3 +49,8 @@ pub use error::Error;
 pub use handle::Paused;
 pub use handle::{Collection, Value};
 pub use store::Store;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -7,18 +7,30 @@
 //! of a concurrent map's "find or insert".
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::{
-    atomic::{AtomicU64, AtomicU8, Ordering},
-    Arc,
-};
+pub(crate) use std::sync::atomic::{AtomicU8, Ordering};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::{
-    atomic::{AtomicU64, AtomicU8, Ordering},
-    Arc,
-};
+pub(crate) use loom::sync::atomic::{AtomicU8, Ordering};
+
+/// `std`'s even under loom: loom's `Arc` has no `Weak`, and reference counting is not what the
+/// models check (they count drops of the values themselves).
+pub(crate) use std::sync::{Arc, Weak};
 
 pub(crate) use atomic_arc::{AtomicArc, AtomicArcOption, Loaded};
+
+/// Hands out distinct numbers (slot and store ids). It stays `std` under loom: it is touched
+/// only when a key or store is created, and the models need not interleave it.
+pub(crate) struct IdCounter(std::sync::atomic::AtomicU64);
+
+impl IdCounter {
+    pub(crate) const fn new() -> Self {
+        Self(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    pub(crate) fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
 pub(crate) use index::Index;
 
 #[cfg(not(loom))]
@@ -69,10 +81,6 @@ mod atomic_arc {
     impl<T> AtomicArcOption<T> {
         pub(crate) fn new(value: Option<Arc<T>>) -> Self {
             Self(ArcSwapOption::new(value))
-        }
-
-        pub(crate) fn load_full(&self) -> Option<Arc<T>> {
-            self.0.load_full()
         }
 
         pub(crate) fn take(&self) -> Option<Arc<T>> {
@@ -132,10 +140,6 @@ mod atomic_arc {
             Self(Mutex::new(value))
         }
 
-        pub(crate) fn load_full(&self) -> Option<Arc<T>> {
-            self.0.lock().unwrap().clone()
-        }
-
         pub(crate) fn take(&self) -> Option<Arc<T>> {
             self.0.lock().unwrap().take()
         }
@@ -162,7 +166,10 @@ mod index {
 
     impl<K: Ord + Hash, S> Index<K, S> {
         pub(crate) fn new() -> Self {
-            Self(DashMap::new())
+            // More shards than dashmap's default (4 per core): every lookup takes a shard's
+            // read lock, and threads sharing a shard bounce its cache line between cores.
+            let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+            Self(DashMap::with_shard_amount((cores * 32).next_power_of_two()))
         }
 
         pub(crate) fn get(&self, key: &K) -> Option<Arc<S>> {

@@ -18,12 +18,13 @@
 //! own validation, so `Aborted` always means a real conflict.
 
 use crate::primitive::Arc;
-use crate::record::{logical, logical_version, Claim, Entry, Node, Rec, Slot, Status, Txn};
+use crate::record::{logical, logical_version, Claim, Entry, Expect, Node, Rec, Slot, Status, Txn};
 use crate::Error;
 
-/// Nodes replaced during a commit. They are dropped only after the commit's decision, so a
-/// panicking `V::drop` can never leave a claim of ours undecided.
-pub(crate) type Garbage<K, V> = Vec<Arc<Node<K, V>>>;
+/// What a successful commit replaced, for the caller to drop once its handles are updated:
+/// dropping an old record may run a user's `V::drop`, and if that panics, the commit has
+/// still landed and the handles must already say so.
+pub(crate) type Replaced<K, V> = Option<Arc<Node<K, V>>>;
 
 /// A handle's part in a commit: its slot, the version it read, and what it writes.
 pub(crate) struct Part<'a, K, V> {
@@ -34,10 +35,10 @@ pub(crate) struct Part<'a, K, V> {
 
 /// Commits `parts` (distinct slots) atomically: `Ok` once every write is visible,
 /// `ConcurrentUpdate` if some key had changed since it was read; then nothing was written.
-pub(crate) fn commit<K, V>(parts: &[Part<'_, K, V>]) -> Result<(), Error> {
+pub(crate) fn commit<K, V>(parts: &[Part<'_, K, V>]) -> Result<Replaced<K, V>, Error> {
     let writes = parts.iter().filter(|part| part.write.is_some()).count();
     match (writes, parts) {
-        (0, _) => validate(parts),
+        (0, _) => validate(parts).map(|()| None),
         (
             1,
             [Part {
@@ -46,21 +47,23 @@ pub(crate) fn commit<K, V>(parts: &[Part<'_, K, V>]) -> Result<(), Error> {
                 write: Some(write),
             }],
         ) => commit_one(slot, *version, write),
-        _ => Commit::new(entries(parts)).run(),
+        _ => Commit::new(entries(parts)).run().map(|()| None),
     }
 }
 
+/// The transaction's entries: one per slot, in slot-id order.
 pub(crate) fn entries<K, V>(parts: &[Part<'_, K, V>]) -> Vec<Entry<K, V>> {
-    let mut entries: Vec<_> = parts
-        .iter()
-        .map(|part| Entry {
-            slot: Arc::clone(part.slot),
-            expect: crate::record::Expect::Version(part.version),
-            write: part.write.cloned(),
-        })
-        .collect();
-    entries.sort_unstable_by_key(|entry| entry.slot.id);
-    entries
+    let mut parts: Vec<_> = parts.iter().collect();
+    parts.sort_unstable_by_key(|part| part.slot.id);
+    // Only reachable by moving handles between collections with `std::mem::swap`.
+    let twice = parts
+        .windows(2)
+        .any(|pair| pair[0].slot.id == pair[1].slot.id);
+    assert!(!twice, "a commit holds two handles of the same key");
+    parts
+        .into_iter()
+        .map(|part| Entry::new(part.slot, Expect::Version(part.version), part.write))
+        .collect()
 }
 
 /// A commit that only read: it holds if, in one pass, every key still has its read version.
@@ -75,46 +78,41 @@ fn validate<K, V>(parts: &[Part<'_, K, V>]) -> Result<(), Error> {
 }
 
 /// The fast path: one key written, nothing else read, no descriptor.
-fn commit_one<K, V>(slot: &Slot<K, V>, version: u64, write: &Rec<K, V>) -> Result<(), Error> {
+fn commit_one<K, V>(
+    slot: &Slot<K, V>,
+    version: u64,
+    write: &Rec<K, V>,
+) -> Result<Replaced<K, V>, Error> {
     loop {
         let current = slot.state.load();
         if let Node::Claim(claim) = &*current {
             if claim.txn.is_undecided() {
-                help(Arc::clone(&claim.txn), &mut Vec::new());
+                let blocker = Arc::clone(&claim.txn);
+                drop(current);
+                help(&blocker);
                 continue;
             }
         }
         if logical_version(&current) != version {
             return Err(Error::ConcurrentUpdate);
         }
-        if slot
-            .state
-            .compare_exchange(&current, write.node())
-            .is_some()
-        {
-            return Ok(());
+        if let Some(old) = slot.state.compare_exchange(&current, write.node()) {
+            return Ok(Some(old));
         }
     }
 }
 
-/// One multi-key transaction, from its owner's side. Dropping it undecided (a panic, or a
-/// paused commit that is never resumed) aborts it, so nothing stays claimed.
+/// One multi-key transaction, from its owner's side. Dropping it undecided (a panic, say a
+/// user's `V::drop` run by a replaced record, or a paused commit never resumed) aborts it, so
+/// nothing stays claimed.
 pub(crate) struct Commit<K, V> {
     txn: Arc<Txn<K, V>>,
-    /// The owner's own reference to the entries: they outlive the decision (snapshots read
-    /// what their claims found).
-    entries: Arc<Vec<Entry<K, V>>>,
-    garbage: Garbage<K, V>,
 }
 
 impl<K, V> Commit<K, V> {
     pub(crate) fn new(entries: Vec<Entry<K, V>>) -> Self {
-        let txn = Arc::new(Txn::new(entries));
-        let entries = txn.entries().expect("a new transaction has its entries");
         Self {
-            txn,
-            entries,
-            garbage: Vec::new(),
+            txn: Arc::new(Txn::new(entries)),
         }
     }
 
@@ -123,7 +121,7 @@ impl<K, V> Commit<K, V> {
         #[cfg(stm_mutation = "no_descriptor")]
         return self.run_without_descriptor();
 
-        help(Arc::clone(&self.txn), &mut self.garbage);
+        help(&self.txn);
         match self.txn.status() {
             Status::Committed => Ok(()),
             Status::Aborted => Err(Error::ConcurrentUpdate),
@@ -133,7 +131,7 @@ impl<K, V> Commit<K, V> {
 
     /// The entries, in slot-id order.
     pub(crate) fn entries(&self) -> &[Entry<K, V>] {
-        &self.entries
+        &self.txn.entries
     }
 
     /// Runs the owner's claiming steps for the first `count` entries and stops there, as a
@@ -141,11 +139,14 @@ impl<K, V> Commit<K, V> {
     #[cfg(any(loom, feature = "test-hooks"))]
     pub(crate) fn claim_first(&mut self, count: usize) {
         let mut claimed = 0;
-        while claimed < count.min(self.entries.len()) {
-            match claim(&self.txn, &self.entries[claimed], &mut self.garbage) {
+        while claimed < count.min(self.txn.entries.len()) {
+            match claim(&self.txn, &self.txn.entries[claimed]) {
                 Claimed::Done => claimed += 1,
-                Claimed::Blocked(other) => help(other, &mut self.garbage),
-                Claimed::Conflict => return decide(&self.txn, Status::Aborted, &mut self.garbage),
+                Claimed::Blocked(other) => help(&other),
+                Claimed::Conflict => {
+                    self.txn.decide(Status::Aborted);
+                    return;
+                }
             }
         }
     }
@@ -154,20 +155,27 @@ impl<K, V> Commit<K, V> {
     #[cfg(stm_mutation = "no_descriptor")]
     fn run_without_descriptor(&mut self) -> Result<(), Error> {
         self.txn.decide(Status::Aborted);
-        for entry in self.entries.iter() {
-            if !entry.accepts(&entry.slot.read()) {
+        let slots: Vec<_> = self
+            .txn
+            .entries
+            .iter()
+            .map(|e| e.slot.upgrade().unwrap())
+            .collect();
+        for (entry, slot) in self.txn.entries.iter().zip(&slots) {
+            if !entry.accepts(&slot.read()) {
                 return Err(Error::ConcurrentUpdate);
             }
         }
-        for entry in self.entries.iter() {
-            let Some(write) = &entry.write else { continue };
-            let current = entry.slot.state.load();
-            if logical(&current).version() + 1 != write.version() {
+        for (entry, slot) in self.txn.entries.iter().zip(&slots) {
+            let Some(write) = entry.write.as_ref().and_then(|w| w.upgrade()) else {
+                continue;
+            };
+            let current = slot.state.load();
+            if !entry.accepts(&logical(&current)) {
                 return Err(Error::ConcurrentUpdate);
             }
-            match entry.slot.state.compare_exchange(&current, write.node()) {
-                Some(old) => self.garbage.push(old),
-                None => return Err(Error::ConcurrentUpdate),
+            if slot.state.compare_exchange(&current, write).is_none() {
+                return Err(Error::ConcurrentUpdate);
             }
         }
         Ok(())
@@ -176,9 +184,7 @@ impl<K, V> Commit<K, V> {
 
 impl<K, V> Drop for Commit<K, V> {
     fn drop(&mut self) {
-        if self.txn.decide(Status::Aborted) {
-            release(&self.txn, &mut self.garbage);
-        }
+        self.txn.decide(Status::Aborted);
     }
 }
 
@@ -193,10 +199,13 @@ enum Claimed<K, V> {
 
 /// Helps `root` to its decision, helping in turn every transaction in its way (an explicit
 /// stack: along it, blocking slot ids strictly increase, so it is finite).
-fn help<K, V>(root: Arc<Txn<K, V>>, garbage: &mut Garbage<K, V>) {
-    let mut stack = vec![root];
+fn help<K, V>(root: &Arc<Txn<K, V>>) {
+    let Some(blocker) = advance(root) else {
+        return;
+    };
+    let mut stack = vec![Arc::clone(root), blocker];
     while let Some(txn) = stack.last() {
-        match advance(txn, garbage) {
+        match advance(txn) {
             Some(blocker) => stack.push(blocker),
             None => {
                 stack.pop();
@@ -206,37 +215,37 @@ fn help<K, V>(root: Arc<Txn<K, V>>, garbage: &mut Garbage<K, V>) {
 }
 
 /// Claims `txn`'s entries in order and decides it; or returns the transaction in the way.
-fn advance<K, V>(txn: &Arc<Txn<K, V>>, garbage: &mut Garbage<K, V>) -> Option<Arc<Txn<K, V>>> {
-    let entries = txn.entries()?;
-    for entry in entries.iter() {
-        match claim(txn, entry, garbage) {
+/// Decided claims stay in their slots: the next writer of each key replaces them.
+fn advance<K, V>(txn: &Arc<Txn<K, V>>) -> Option<Arc<Txn<K, V>>> {
+    for entry in &txn.entries {
+        match claim(txn, entry) {
             Claimed::Done if cfg!(stm_mutation = "decide_before_claims") => break,
             Claimed::Done => {}
             Claimed::Blocked(other) => return Some(other),
             Claimed::Conflict => {
-                decide(txn, Status::Aborted, garbage);
+                txn.decide(Status::Aborted);
                 return None;
             }
         }
     }
-    decide(txn, Status::Committed, garbage);
+    txn.decide(Status::Committed);
     None
 }
 
 /// Makes `entry`'s slot hold `txn`'s claim, unless the transaction is decided meanwhile.
-fn claim<K, V>(
-    txn: &Arc<Txn<K, V>>,
-    entry: &Entry<K, V>,
-    garbage: &mut Garbage<K, V>,
-) -> Claimed<K, V> {
+fn claim<K, V>(txn: &Arc<Txn<K, V>>, entry: &Entry<K, V>) -> Claimed<K, V> {
     if cfg!(stm_mutation = "skip_read_validation") && entry.write.is_none() {
         return Claimed::Done;
     }
+    // Both upgrades fail only once the owner is gone, and it leaves only after the decision.
+    let Some(slot) = entry.slot.upgrade() else {
+        return Claimed::Done;
+    };
     loop {
         if !cfg!(stm_mutation = "no_status_check") && !txn.is_undecided() {
             return Claimed::Done;
         }
-        let current = entry.slot.state.load();
+        let current = slot.state.load();
         if let Node::Claim(claim) = &*current {
             if Arc::ptr_eq(&claim.txn, txn) {
                 entry.found(&claim.before);
@@ -250,46 +259,23 @@ fn claim<K, V>(
         if !entry.accepts(&before) {
             return Claimed::Conflict;
         }
-        let after = entry.write.clone().unwrap_or_else(|| before.clone());
+        let Some(after) = entry.after(&before) else {
+            return Claimed::Done;
+        };
         let claim = Node::Claim(Claim {
             before: before.clone(),
             after,
             txn: Arc::clone(txn),
         });
-        if let Some(old) = entry.slot.state.compare_exchange(&current, Arc::new(claim)) {
+        // What this replaces is dropped right here: if that runs a panicking `V::drop`, the
+        // owner's `Commit` aborts the transaction as the panic unwinds.
+        if slot
+            .state
+            .compare_exchange(&current, Arc::new(claim))
+            .is_some()
+        {
             entry.found(&before);
-            garbage.push(old);
             return Claimed::Done;
-        }
-    }
-}
-
-/// Decides `txn` if it is still undecided; the thread that decides it also releases it.
-fn decide<K, V>(txn: &Txn<K, V>, outcome: Status, garbage: &mut Garbage<K, V>) {
-    if txn.decide(outcome) {
-        release(txn, garbage);
-    }
-}
-
-/// Replaces the decided transaction's claims by their logical records, and drops its entries.
-fn release<K, V>(txn: &Txn<K, V>, garbage: &mut Garbage<K, V>) {
-    if cfg!(stm_mutation = "keep_entries") {
-        return;
-    }
-    let Some(entries) = txn.take_entries() else {
-        return;
-    };
-    for entry in entries.iter() {
-        let current = entry.slot.state.load();
-        let Node::Claim(claim) = &*current else {
-            continue;
-        };
-        if !std::ptr::eq(&*claim.txn, txn) {
-            continue;
-        }
-        let record = claim.logical().node();
-        if let Some(old) = entry.slot.state.compare_exchange(&current, record) {
-            garbage.push(old);
         }
     }
 }

@@ -5,11 +5,15 @@
 //! is committed and `before` otherwise; nodes are immutable, so "changing a key" always means
 //! swapping the slot's `Arc` for a new node.
 
-use crate::primitive::{Arc, AtomicArc, AtomicArcOption, AtomicU8, Loaded, Ordering};
+use crate::primitive::{
+    Arc, AtomicArc, AtomicArcOption, AtomicU8, IdCounter, Loaded, Ordering, Weak,
+};
 
 /// One key's home. Handles keep it alive, so a commit never needs the key index.
 pub(crate) struct Slot<K, V> {
-    /// Fixed at creation, unique within a store: the order in which commits claim slots.
+    /// Fixed at creation and unique in the process: the order in which commits claim slots
+    /// (never the user's `Ord`, which may be broken). Unique across stores too, so even handles
+    /// of two stores mixed in one collection cannot make two commits claim in opposite orders.
     pub(crate) id: u64,
     pub(crate) key: K,
     pub(crate) state: AtomicArc<Node<K, V>>,
@@ -29,25 +33,33 @@ pub(crate) struct Claim<K, V> {
 /// A node that is known to be plain: what handles hold and claims point to (invariant I3).
 pub(crate) struct Rec<K, V>(Arc<Node<K, V>>);
 
-/// A multi-key transaction's descriptor.
+/// A multi-key transaction's descriptor. Claims point to it; it points back only weakly, so
+/// a claim left in a slot after the decision forms no cycle and pins no other key's records.
 pub(crate) struct Txn<K, V> {
     status: AtomicU8,
-    /// Taken (and so dropped) by whoever decides the status: that breaks the cycle
-    /// slot -> claim -> txn -> entries -> slot, and frees the records the entries pin.
-    entries: AtomicArcOption<Vec<Entry<K, V>>>,
+    /// Sorted by slot id, one per slot.
+    pub(crate) entries: Vec<Entry<K, V>>,
 }
 
+/// One key of a transaction. Its references are weak: while the transaction is undecided its
+/// owner's handles keep the slot and the record to write alive, and after the decision nobody
+/// needs them (so a failed upgrade means "decided").
 pub(crate) struct Entry<K, V> {
-    pub(crate) slot: Arc<Slot<K, V>>,
+    pub(crate) slot: Weak<Slot<K, V>>,
     pub(crate) expect: Expect<K, V>,
     /// The record to install on commit; `None` for a key that is only validated.
-    pub(crate) write: Option<Rec<K, V>>,
+    pub(crate) write: Option<Weak<Node<K, V>>>,
+    /// The deliberate breakage `strong_entries`: a strong reference closes the cycle
+    /// slot -> claim -> txn -> entry -> slot.
+    #[cfg(stm_mutation = "strong_entries")]
+    pub(crate) pin: Arc<Slot<K, V>>,
 }
 
 pub(crate) enum Expect<K, V> {
     /// The version the handle read: the claim fails validation on any other.
     Version(u64),
-    /// A snapshot's claim: takes whatever it finds and keeps the record here.
+    /// A snapshot's claim: takes whatever it finds and keeps the record here until the
+    /// snapshot's owner takes it.
     Any(AtomicArcOption<Node<K, V>>),
 }
 
@@ -59,10 +71,11 @@ pub(crate) enum Status {
 }
 
 impl<K, V> Slot<K, V> {
-    pub(crate) fn new(id: u64, key: K) -> Self {
+    pub(crate) fn new(key: K) -> Self {
+        static IDS: IdCounter = IdCounter::new();
         let empty = Rec::new(0, None);
         Self {
-            id,
+            id: IDS.next(),
             key,
             state: AtomicArc::new(empty.0),
         }
@@ -138,7 +151,7 @@ impl<K, V> Txn<K, V> {
     pub(crate) fn new(entries: Vec<Entry<K, V>>) -> Self {
         Self {
             status: AtomicU8::new(Status::Undecided as u8),
-            entries: AtomicArcOption::new(Some(Arc::new(entries))),
+            entries,
         }
     }
 
@@ -165,19 +178,32 @@ impl<K, V> Txn<K, V> {
             )
             .is_ok()
     }
-
-    /// The entries, while the transaction is undecided (and a little after).
-    pub(crate) fn entries(&self) -> Option<Arc<Vec<Entry<K, V>>>> {
-        self.entries.load_full()
-    }
-
-    /// Gives up the entries; only the thread that decided the status calls this.
-    pub(crate) fn take_entries(&self) -> Option<Arc<Vec<Entry<K, V>>>> {
-        self.entries.take()
-    }
 }
 
 impl<K, V> Entry<K, V> {
+    pub(crate) fn new(
+        slot: &Arc<Slot<K, V>>,
+        expect: Expect<K, V>,
+        write: Option<&Rec<K, V>>,
+    ) -> Self {
+        Self {
+            slot: Arc::downgrade(slot),
+            expect,
+            write: write.map(|record| Arc::downgrade(&record.0)),
+            #[cfg(stm_mutation = "strong_entries")]
+            pin: Arc::clone(slot),
+        }
+    }
+
+    /// The record to install on commit (`after == before` for a key only validated); `None`
+    /// once the transaction is decided and the handle that held the record is gone.
+    pub(crate) fn after(&self, before: &Rec<K, V>) -> Option<Rec<K, V>> {
+        match &self.write {
+            Some(write) => write.upgrade().map(Rec),
+            None => Some(before.clone()),
+        }
+    }
+
     /// Notes the record a snapshot's claim holds (the first note wins; see `protocol`).
     pub(crate) fn found(&self, record: &Rec<K, V>) {
         if let Expect::Any(found) = &self.expect {
@@ -185,10 +211,10 @@ impl<K, V> Entry<K, V> {
         }
     }
 
-    /// The record a snapshot's claim held, once the snapshot transaction is committed.
-    pub(crate) fn found_record(&self) -> Option<Rec<K, V>> {
+    /// Takes the record a snapshot's claim held, once the snapshot transaction is committed.
+    pub(crate) fn take_found(&self) -> Option<Rec<K, V>> {
         match &self.expect {
-            Expect::Any(found) => found.load_full().map(Rec),
+            Expect::Any(found) => found.take().map(Rec),
             Expect::Version(_) => None,
         }
     }

@@ -2,7 +2,7 @@ use std::fmt;
 use std::hash::Hash;
 
 use crate::handle::{Collection, StoreId, Value};
-use crate::primitive::{Arc, AtomicU64, Index, Ordering};
+use crate::primitive::{Arc, Index};
 use crate::record::{Rec, Slot};
 use crate::{snapshot, Error};
 
@@ -30,8 +30,6 @@ type Keyed<K, V> = (Arc<Slot<K, V>>, Rec<K, V>);
 pub struct Store<K, V> {
     id: StoreId,
     index: Index<K, Slot<K, V>>,
-    /// Hands out slot ids; touched only when a key is created.
-    next_slot: AtomicU64,
 }
 
 impl<K, V> Store<K, V>
@@ -44,7 +42,6 @@ where
         Self {
             id: StoreId::new(),
             index: Index::new(),
-            next_slot: AtomicU64::new(0),
         }
     }
 
@@ -105,7 +102,7 @@ where
     ///
     /// If `value` came from another store.
     pub fn set(&self, value: &mut Value<K, V>) -> Result<(), Error> {
-        self.check_origin(value.store_id(), "Store::set");
+        self.check_origin(value.store_id() == self.id, "Store::set");
         value.commit()
     }
 
@@ -115,7 +112,7 @@ where
     ///
     /// If `values` came from another store.
     pub fn set_values(&self, values: &mut Collection<K, V>) -> Result<(), Error> {
-        self.check_origin(values.store_id(), "Store::set_values");
+        self.check_origin(values.all_from(self.id), "Store::set_values");
         values.commit()
     }
 
@@ -169,14 +166,13 @@ where
         if let Some(slot) = self.index.get(&key) {
             return slot;
         }
-        let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot::new(id, key.clone()));
+        let slot = Arc::new(Slot::new(key.clone()));
         self.index.get_or_insert(key, slot)
     }
 
-    fn check_origin(&self, origin: StoreId, call: &str) {
+    fn check_origin(&self, ours: bool, call: &str) {
         assert!(
-            origin == self.id,
+            ours,
             "{call}: this handle belongs to another Store; a handle always commits to the store it was read from"
         );
     }
