@@ -1,3 +1,4 @@
+use crate::order;
 use crate::primitive::{Arc, IdCounter};
 use crate::protocol::{self, Part};
 use crate::record::{Rec, Slot};
@@ -158,11 +159,11 @@ pub struct Collection<K, V> {
 }
 
 impl<K, V> Collection<K, V> {
-    pub(crate) fn new(store: StoreId, mut values: Vec<Value<K, V>>) -> Self
+    pub(crate) fn new(store: StoreId, values: Vec<Value<K, V>>) -> Self
     where
         K: Ord,
     {
-        values.sort_by(|a, b| a.key().cmp(b.key()));
+        let values = order::sort_by(values, &|a, b| a.key().cmp(b.key()));
         Self { store, values }
     }
 
@@ -239,9 +240,15 @@ impl<K, V> Collection<K, V> {
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        self.values
-            .binary_search_by(|value| value.key().borrow().cmp(key))
-            .ok()
+        let found = self
+            .values
+            .binary_search_by(|value| value.key().borrow().cmp(key));
+        // A broken `Ord` can hide a key from the binary search, never from `Eq`.
+        found.ok().or_else(|| {
+            self.values
+                .iter()
+                .position(|value| value.key().borrow() == key)
+        })
     }
 
     /// Starts a commit through the multi-key protocol, claims its first `claims` keys, and

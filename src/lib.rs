@@ -38,6 +38,7 @@
 pub mod docs;
 mod error;
 mod handle;
+mod order;
 mod primitive;
 mod protocol;
 mod record;

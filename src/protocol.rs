@@ -53,17 +53,15 @@ pub(crate) fn commit<K, V>(parts: &[Part<'_, K, V>]) -> Result<Replaced<K, V>, E
 
 /// The transaction's entries: one per slot, in slot-id order.
 pub(crate) fn entries<K, V>(parts: &[Part<'_, K, V>]) -> Vec<Entry<K, V>> {
-    let mut parts: Vec<_> = parts.iter().collect();
-    parts.sort_unstable_by_key(|part| part.slot.id);
-    // Only reachable by moving handles between collections with `std::mem::swap`.
-    let twice = parts
-        .windows(2)
-        .any(|pair| pair[0].slot.id == pair[1].slot.id);
-    assert!(!twice, "a commit holds two handles of the same key");
-    parts
-        .into_iter()
+    let mut entries: Vec<_> = parts
+        .iter()
         .map(|part| Entry::new(part.slot, Expect::Version(part.version), part.write))
-        .collect()
+        .collect();
+    entries.sort_unstable_by_key(|entry| entry.id);
+    // Only reachable by moving handles between collections with `std::mem::swap`.
+    let twice = entries.windows(2).any(|pair| pair[0].id == pair[1].id);
+    assert!(!twice, "a commit holds two handles of the same key");
+    entries
 }
 
 /// A commit that only read: it holds if, in one pass, every key still has its read version.
@@ -184,7 +182,9 @@ impl<K, V> Commit<K, V> {
 
 impl<K, V> Drop for Commit<K, V> {
     fn drop(&mut self) {
-        self.txn.decide(Status::Aborted);
+        if self.txn.is_undecided() {
+            self.txn.decide(Status::Aborted);
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct Txn<K, V> {
 /// owner's handles keep the slot and the record to write alive, and after the decision nobody
 /// needs them (so a failed upgrade means "decided").
 pub(crate) struct Entry<K, V> {
+    /// The slot's id: the order of claims.
+    pub(crate) id: u64,
     pub(crate) slot: Weak<Slot<K, V>>,
     pub(crate) expect: Expect<K, V>,
     /// The record to install on commit; `None` for a key that is only validated.
@@ -187,6 +189,7 @@ impl<K, V> Entry<K, V> {
         write: Option<&Rec<K, V>>,
     ) -> Self {
         Self {
+            id: slot.id,
             slot: Arc::downgrade(slot),
             expect,
             write: write.map(|record| Arc::downgrade(&record.0)),

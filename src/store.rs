@@ -4,7 +4,7 @@ use std::hash::Hash;
 use crate::handle::{Collection, StoreId, Value};
 use crate::primitive::{Arc, Index};
 use crate::record::{Rec, Slot};
-use crate::{snapshot, Error};
+use crate::{order, snapshot, Error};
 
 /// A slot with the record it held at a snapshot's instant.
 type Keyed<K, V> = (Arc<Slot<K, V>>, Rec<K, V>);
@@ -148,9 +148,8 @@ where
             let after = self.slots_by_id();
             // Keys are never removed, so the same count means the same key set.
             if after.len() == slots.len() {
-                let mut pairs: Vec<_> = slots.into_iter().zip(records).collect();
-                pairs.sort_by(|(a, _), (b, _)| a.key.cmp(&b.key));
-                return pairs;
+                let pairs = slots.into_iter().zip(records).collect();
+                return order::sort_by(pairs, &|(a, _), (b, _)| a.key.cmp(&b.key));
             }
             slots = after;
         }
