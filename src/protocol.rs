@@ -262,8 +262,9 @@ fn claim<K, V>(txn: &Arc<Txn<K, V>>, entry: &Entry<K, V>) -> Claimed<K, V> {
         let Some(after) = entry.after(&before) else {
             return Claimed::Done;
         };
+        let snapshot = entry.is_snapshot().then(|| before.clone());
         let claim = Node::Claim(Claim {
-            before: before.clone(),
+            before,
             after,
             txn: Arc::clone(txn),
         });
@@ -274,7 +275,9 @@ fn claim<K, V>(txn: &Arc<Txn<K, V>>, entry: &Entry<K, V>) -> Claimed<K, V> {
             .compare_exchange(&current, Arc::new(claim))
             .is_some()
         {
-            entry.found(&before);
+            if let Some(before) = snapshot {
+                entry.found(&before);
+            }
             return Claimed::Done;
         }
     }

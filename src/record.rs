@@ -207,6 +207,11 @@ impl<K, V> Entry<K, V> {
         }
     }
 
+    /// Whether this is a snapshot's entry (it accepts any version and notes what it claimed).
+    pub(crate) fn is_snapshot(&self) -> bool {
+        matches!(self.expect, Expect::Any(_))
+    }
+
     /// Notes the record a snapshot's claim holds (the first note wins; see `protocol`).
     pub(crate) fn found(&self, record: &Rec<K, V>) {
         if let Expect::Any(found) = &self.expect {
