@@ -159,11 +159,11 @@ pub struct Collection<K, V> {
 }
 
 impl<K, V> Collection<K, V> {
-    pub(crate) fn new(store: StoreId, values: Vec<Value<K, V>>) -> Self
+    pub(crate) fn new(store: StoreId, mut values: Vec<Value<K, V>>) -> Self
     where
         K: Ord,
     {
-        let values = order::sort_by(values, &|a, b| a.key().cmp(b.key()));
+        order::sort_by(&mut values, |a, b| a.key().cmp(b.key()));
         Self { store, values }
     }
 

@@ -84,7 +84,7 @@ fn commit_one<K, V>(
     loop {
         let current = slot.state.load();
         if let Node::Claim(claim) = &*current {
-            if claim.txn.is_undecided() {
+            if claim.txn.is_undecided() && !cfg!(stm_mutation = "no_status_check") {
                 let blocker = Arc::clone(&claim.txn);
                 drop(current);
                 help(&blocker);
@@ -242,7 +242,7 @@ fn claim<K, V>(txn: &Arc<Txn<K, V>>, entry: &Entry<K, V>) -> Claimed<K, V> {
         return Claimed::Done;
     };
     loop {
-        if !cfg!(stm_mutation = "no_status_check") && !txn.is_undecided() {
+        if !txn.is_undecided() {
             return Claimed::Done;
         }
         let current = slot.state.load();

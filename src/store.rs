@@ -148,8 +148,9 @@ where
             let after = self.slots_by_id();
             // Keys are never removed, so the same count means the same key set.
             if after.len() == slots.len() {
-                let pairs = slots.into_iter().zip(records).collect();
-                return order::sort_by(pairs, &|(a, _), (b, _)| a.key.cmp(&b.key));
+                let mut pairs: Vec<_> = slots.into_iter().zip(records).collect();
+                order::sort_by(&mut pairs, |(a, _), (b, _)| a.key.cmp(&b.key));
+                return pairs;
             }
             slots = after;
         }
