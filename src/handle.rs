@@ -243,12 +243,16 @@ impl<K, V> Collection<K, V> {
         let found = self
             .values
             .binary_search_by(|value| value.key().borrow().cmp(key));
-        // A broken `Ord` can hide a key from the binary search, never from `Eq`.
-        found.ok().or_else(|| {
-            self.values
-                .iter()
-                .position(|value| value.key().borrow() == key)
-        })
+        // `Eq` has the last word: a broken `Ord` may hide a key from the binary search, or
+        // point it at another key.
+        found
+            .ok()
+            .filter(|&at| self.values[at].key().borrow() == key)
+            .or_else(|| {
+                self.values
+                    .iter()
+                    .position(|value| value.key().borrow() == key)
+            })
     }
 
     /// Starts a commit through the multi-key protocol, claims its first `claims` keys, and

@@ -59,15 +59,15 @@ mod tests {
 
     #[test]
     fn keeps_every_item_under_a_random_order() {
-        let mut seed = 7_u64;
+        let seed = std::cell::Cell::new(7_u64);
         let mut items: Vec<u32> = (0..200).collect();
         sort_by(&mut items, |_, _| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed.set(seed.get().wrapping_mul(6364136223846793005).wrapping_add(1));
             [
                 std::cmp::Ordering::Less,
                 std::cmp::Ordering::Equal,
                 std::cmp::Ordering::Greater,
-            ][(seed >> 33) as usize % 3]
+            ][(seed.get() >> 33) as usize % 3]
         });
         items.sort();
         assert_eq!(items, (0..200).collect::<Vec<_>>());
