@@ -168,8 +168,13 @@ mod index {
         pub(crate) fn new() -> Self {
             // More shards than dashmap's default (4 per core): every lookup takes a shard's
             // read lock, and threads sharing a shard bounce its cache line between cores.
-            let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-            Self(DashMap::with_shard_amount((cores * 32).next_power_of_two()))
+            // Asked once: `available_parallelism` reads cgroup files on every call.
+            static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+            let shards = *SHARDS.get_or_init(|| {
+                let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+                (cores * 32).next_power_of_two()
+            });
+            Self(DashMap::with_shard_amount(shards))
         }
 
         pub(crate) fn get(&self, key: &K) -> Option<Arc<S>> {
