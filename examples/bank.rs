@@ -285,7 +285,11 @@ fn parse_args() -> Result<Config, String> {
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
-    if config.threads == 0 || config.accounts < 2 || !(config.seconds > 0.0) {
+    if config.threads == 0
+        || config.accounts < 2
+        || !config.seconds.is_finite()
+        || config.seconds <= 0.0
+    {
         return Err("need --threads >= 1, --accounts >= 2 and --seconds > 0".into());
     }
     Ok(config)

@@ -83,8 +83,8 @@ mod atomic_arc {
             Self(ArcSwapOption::new(value))
         }
 
-        pub(crate) fn take(&self) -> Option<Arc<T>> {
-            self.0.swap(None)
+        pub(crate) fn swap(&self, value: Arc<T>) -> Option<Arc<T>> {
+            self.0.swap(Some(value))
         }
 
         /// Stores `value` if nothing is stored yet; reports whether it did.
@@ -140,8 +140,8 @@ mod atomic_arc {
             Self(Mutex::new(value))
         }
 
-        pub(crate) fn take(&self) -> Option<Arc<T>> {
-            self.0.lock().unwrap().take()
+        pub(crate) fn swap(&self, value: Arc<T>) -> Option<Arc<T>> {
+            self.0.lock().unwrap().replace(value)
         }
 
         pub(crate) fn set_if_empty(&self, value: Arc<T>) -> bool {

@@ -219,10 +219,12 @@ impl<K, V> Entry<K, V> {
         }
     }
 
-    /// Takes the record a snapshot's claim held, once the snapshot transaction is committed.
-    pub(crate) fn take_found(&self) -> Option<Rec<K, V>> {
+    /// Takes the record a snapshot's claim held, once the snapshot transaction is committed,
+    /// leaving `tombstone` (a record nobody else holds) so that a late helper cannot note a
+    /// record there again and pin it.
+    pub(crate) fn take_found(&self, tombstone: &Rec<K, V>) -> Option<Rec<K, V>> {
         match &self.expect {
-            Expect::Any(found) => found.take().map(Rec),
+            Expect::Any(found) => found.swap(tombstone.node()).map(Rec),
             Expect::Version(_) => None,
         }
     }

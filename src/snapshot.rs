@@ -46,12 +46,13 @@ fn claim_all<K, V>(slots: &[Arc<Slot<K, V>>]) -> Vec<Rec<K, V>> {
     commit
         .run()
         .expect("a snapshot's claims accept any version, so it always commits");
+    let tombstone = Rec::new(0, None);
     commit
         .entries()
         .iter()
         .map(|entry| {
             entry
-                .take_found()
+                .take_found(&tombstone)
                 .expect("every claim of a committed snapshot noted its record")
         })
         .collect()
