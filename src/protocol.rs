@@ -234,7 +234,8 @@ fn advance<K, V>(txn: &Arc<Txn<K, V>>) -> Option<Arc<Txn<K, V>>> {
 
 /// Makes `entry`'s slot hold `txn`'s claim, unless the transaction is decided meanwhile.
 fn claim<K, V>(txn: &Arc<Txn<K, V>>, entry: &Entry<K, V>) -> Claimed<K, V> {
-    if cfg!(stm_mutation = "skip_read_validation") && entry.write.is_none() {
+    if cfg!(stm_mutation = "skip_read_validation") && entry.write.is_none() && !entry.is_snapshot()
+    {
         return Claimed::Done;
     }
     // Both upgrades fail only once the owner is gone, and it leaves only after the decision.

@@ -113,6 +113,8 @@ impl<K, V> Claim<K, V> {
     pub(crate) fn logical(&self) -> &Rec<K, V> {
         match self.txn.status() {
             Status::Committed => &self.after,
+            // The deliberate breakage `dirty_read` shows undecided writes.
+            Status::Undecided if cfg!(stm_mutation = "dirty_read") => &self.after,
             Status::Undecided | Status::Aborted => &self.before,
         }
     }
