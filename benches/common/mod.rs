@@ -1,0 +1,669 @@
+//! What every benchmark shares: one small trait, [`Kv`], over the implementations compared,
+//! and the multi-threaded driver.
+//!
+//! Implementations:
+//!
+//! - [`Ours`]: `stm_store::Store<u64, u64>` through `usevar` / `using` / `commit`, with retry
+//!   loops that count `ConcurrentUpdate` and `BusyRetry`.
+//! - [`MutexKv`]: one `parking_lot::Mutex` over a `HashMap<u64, (version, Option<u64>)>`, used
+//!   as Axon.STM uses its lock: a read copies under the lock, a commit takes the lock again,
+//!   checks the versions it read and writes.
+//! - [`RwLockKv`]: the same over a `parking_lot::RwLock` (reads share it, commits take it
+//!   exclusively).
+//! - [`StmCrate`]: the `stm` crate, one `TVar<u64>` per key, every operation in `atomically`.
+//! - [`Floor`]: one `ArcSwap<(version, value)>` per key in a fixed array; single-key operations
+//!   only. It is the cost of the bare per-key compare-and-swap that the store is built on.
+//!
+//! Every retry loop uses the same [`Backoff`] (or none, where a benchmark says so), so the
+//! implementations differ only in how they read and commit.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex as StdMutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock};
+use stm_store::{Error, Store};
+
+/// What one operation took: how many attempts (the first included), and why the failed ones
+/// failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tries {
+    pub attempts: u64,
+    pub conflicts: u64,
+    pub busy: u64,
+}
+
+impl Tries {
+    pub const ONE: Tries = Tries {
+        attempts: 1,
+        conflicts: 0,
+        busy: 0,
+    };
+
+    pub fn add(&mut self, other: Tries) {
+        self.attempts += other.attempts;
+        self.conflicts += other.conflicts;
+        self.busy += other.busy;
+    }
+}
+
+/// The operations a workload uses. Keys are `0..keys`; every key starts with a value.
+pub trait Kv: Send + Sync + 'static {
+    /// The name in benchmark ids.
+    const NAME: &'static str;
+    /// Whether the implementation has atomic multi-key operations (`transfer`, `snapshot`,
+    /// `write_all`). The floor has not.
+    const MULTI_KEY: bool = true;
+
+    /// `keys` keys, each committed once with the value `initial`.
+    fn new(keys: usize, initial: u64) -> Self;
+
+    /// The value of one key.
+    fn read(&self, key: u64) -> u64;
+
+    /// Adds 1 to one key (read, then commit; retried until it lands).
+    fn incr(&self, key: u64, backoff: Backoff) -> Tries;
+
+    /// Moves `amount` from `from` to `to` atomically (`from != to`).
+    fn transfer(&self, from: u64, to: u64, amount: u64, backoff: Backoff) -> Tries;
+
+    /// The values of `keys` at one instant, into `out`.
+    fn snapshot(&self, keys: &[u64], out: &mut Vec<u64>) -> Tries;
+
+    /// Adds 1 to every key of `keys` (distinct) atomically. The floor does it with one CAS per
+    /// key, not atomically: that is the cost it stands for.
+    fn write_all(&self, keys: &[u64], backoff: Backoff) -> Tries;
+}
+
+/// The retry policy after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backoff {
+    /// Retry at once.
+    None,
+    /// Spin `2^n` pause instructions after the n-th consecutive failure (n capped at
+    /// [`SPIN_LIMIT`]); past that, yield the CPU. Truncated exponential backoff, as
+    /// crossbeam's `Backoff::snooze`.
+    Exponential,
+}
+
+/// Past this many consecutive failures, [`Backoff::Exponential`] yields instead of spinning.
+pub const SPIN_LIMIT: u32 = 6;
+
+impl Backoff {
+    /// Waits after the `failures`-th consecutive failure (1 for the first).
+    #[inline]
+    pub fn wait(self, failures: u64) {
+        if self == Backoff::None {
+            return;
+        }
+        if failures <= u64::from(SPIN_LIMIT) {
+            for _ in 0..1u32 << failures {
+                std::hint::spin_loop();
+            }
+        } else {
+            thread::yield_now();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// stm-store
+
+/// `stm_store::Store<u64, u64>`.
+pub struct Ours(pub Store<u64, u64>);
+
+impl Ours {
+    /// Counts a failed commit into `tries`, waits as `backoff` says.
+    #[inline]
+    fn failed(tries: &mut Tries, error: Error, backoff: Backoff) {
+        match error {
+            Error::ConcurrentUpdate => tries.conflicts += 1,
+            Error::BusyRetry => tries.busy += 1,
+        }
+        backoff.wait(tries.conflicts + tries.busy);
+    }
+}
+
+impl Kv for Ours {
+    const NAME: &'static str = "ours";
+
+    fn new(keys: usize, initial: u64) -> Self {
+        let store = Store::new();
+        for key in 0..keys as u64 {
+            let mut value = store.usevar(key).expect("usevar");
+            value.set(initial);
+            value.commit().expect("no contention during setup");
+        }
+        Ours(store)
+    }
+
+    #[inline]
+    fn read(&self, key: u64) -> u64 {
+        let value = self.0.usevar(key).expect("usevar never fails today");
+        value.value().copied().unwrap_or(0)
+    }
+
+    fn incr(&self, key: u64, backoff: Backoff) -> Tries {
+        let mut tries = Tries::default();
+        loop {
+            tries.attempts += 1;
+            let mut value = match self.0.usevar(key) {
+                Ok(value) => value,
+                Err(error) => {
+                    Self::failed(&mut tries, error, backoff);
+                    continue;
+                }
+            };
+            let next = value.value().copied().unwrap_or(0).wrapping_add(1);
+            value.set(next);
+            match value.commit() {
+                Ok(()) => return tries,
+                Err(error) => Self::failed(&mut tries, error, backoff),
+            }
+        }
+    }
+
+    fn transfer(&self, from: u64, to: u64, amount: u64, backoff: Backoff) -> Tries {
+        let mut tries = Tries::default();
+        loop {
+            tries.attempts += 1;
+            let mut accounts = match self.0.using([from, to]) {
+                Ok(accounts) => accounts,
+                Err(error) => {
+                    Self::failed(&mut tries, error, backoff);
+                    continue;
+                }
+            };
+            let a = accounts[&from].value().copied().unwrap_or(0);
+            let b = accounts[&to].value().copied().unwrap_or(0);
+            accounts[&from].set(a.wrapping_sub(amount));
+            accounts[&to].set(b.wrapping_add(amount));
+            match accounts.commit() {
+                Ok(()) => return tries,
+                Err(error) => Self::failed(&mut tries, error, backoff),
+            }
+        }
+    }
+
+    fn snapshot(&self, keys: &[u64], out: &mut Vec<u64>) -> Tries {
+        let mut tries = Tries::default();
+        loop {
+            tries.attempts += 1;
+            match self.0.using(keys.iter().copied()) {
+                Ok(values) => {
+                    out.clear();
+                    out.extend(
+                        keys.iter()
+                            .map(|key| values[key].value().copied().unwrap_or(0)),
+                    );
+                    return tries;
+                }
+                Err(error) => Self::failed(&mut tries, error, Backoff::Exponential),
+            }
+        }
+    }
+
+    fn write_all(&self, keys: &[u64], backoff: Backoff) -> Tries {
+        let mut tries = Tries::default();
+        loop {
+            tries.attempts += 1;
+            let mut values = match self.0.using(keys.iter().copied()) {
+                Ok(values) => values,
+                Err(error) => {
+                    Self::failed(&mut tries, error, backoff);
+                    continue;
+                }
+            };
+            for value in values.values_mut() {
+                let next = value.value().copied().unwrap_or(0).wrapping_add(1);
+                value.set(next);
+            }
+            match values.commit() {
+                Ok(()) => return tries,
+                Err(error) => Self::failed(&mut tries, error, backoff),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One lock over a map of versioned records (Axon.STM's design), as a Mutex and as a RwLock.
+
+/// A versioned record: (version, value).
+type Versioned = (u64, Option<u64>);
+
+/// The lock a map of versioned records sits behind: `parking_lot`'s `Mutex` or `RwLock`.
+pub trait MapLock: Send + Sync + 'static {
+    const NAME: &'static str;
+    fn new(map: HashMap<u64, Versioned>) -> Self;
+    fn read<R>(&self, f: impl FnOnce(&HashMap<u64, Versioned>) -> R) -> R;
+    fn write<R>(&self, f: impl FnOnce(&mut HashMap<u64, Versioned>) -> R) -> R;
+}
+
+impl MapLock for Mutex<HashMap<u64, Versioned>> {
+    const NAME: &'static str = "mutex";
+    fn new(map: HashMap<u64, Versioned>) -> Self {
+        Mutex::new(map)
+    }
+    #[inline]
+    fn read<R>(&self, f: impl FnOnce(&HashMap<u64, Versioned>) -> R) -> R {
+        f(&self.lock())
+    }
+    #[inline]
+    fn write<R>(&self, f: impl FnOnce(&mut HashMap<u64, Versioned>) -> R) -> R {
+        f(&mut self.lock())
+    }
+}
+
+impl MapLock for RwLock<HashMap<u64, Versioned>> {
+    const NAME: &'static str = "rwlock";
+    fn new(map: HashMap<u64, Versioned>) -> Self {
+        RwLock::new(map)
+    }
+    #[inline]
+    fn read<R>(&self, f: impl FnOnce(&HashMap<u64, Versioned>) -> R) -> R {
+        f(&self.read())
+    }
+    #[inline]
+    fn write<R>(&self, f: impl FnOnce(&mut HashMap<u64, Versioned>) -> R) -> R {
+        f(&mut self.write())
+    }
+}
+
+/// Axon.STM's design: `usevar`/`using` copy records out under the lock; a commit takes the lock
+/// again, checks every version it read and writes (or fails with a conflict).
+pub struct Locked<L>(L);
+
+/// The mutex variant.
+pub type MutexKv = Locked<Mutex<HashMap<u64, Versioned>>>;
+/// The RwLock variant.
+pub type RwLockKv = Locked<RwLock<HashMap<u64, Versioned>>>;
+
+impl<L: MapLock> Locked<L> {
+    /// Like Axon.STM's `usevar`: copies the record out (creating the key if it is new).
+    #[inline]
+    fn get(map: &HashMap<u64, Versioned>, key: u64) -> Versioned {
+        map.get(&key).copied().unwrap_or((0, None))
+    }
+
+    /// Like Axon.STM's `set`/`set_values`: every version still the one read, then write.
+    #[inline]
+    fn commit(&self, writes: &[(u64, u64, u64)]) -> bool {
+        self.0.write(|map| {
+            if writes
+                .iter()
+                .any(|&(key, version, _)| Self::get(map, key).0 != version)
+            {
+                return false;
+            }
+            for &(key, version, value) in writes {
+                map.insert(key, (version + 1, Some(value)));
+            }
+            true
+        })
+    }
+}
+
+impl<L: MapLock> Kv for Locked<L> {
+    const NAME: &'static str = L::NAME;
+
+    fn new(keys: usize, initial: u64) -> Self {
+        let map = (0..keys as u64)
+            .map(|key| (key, (1, Some(initial))))
+            .collect();
+        Locked(L::new(map))
+    }
+
+    #[inline]
+    fn read(&self, key: u64) -> u64 {
+        self.0.read(|map| Self::get(map, key).1.unwrap_or(0))
+    }
+
+    fn incr(&self, key: u64, backoff: Backoff) -> Tries {
+        let mut tries = Tries::default();
+        loop {
+            tries.attempts += 1;
+            let (version, value) = self.0.read(|map| Self::get(map, key));
+            let next = value.unwrap_or(0).wrapping_add(1);
+            if self.commit(&[(key, version, next)]) {
+                return tries;
+            }
+            tries.conflicts += 1;
+            backoff.wait(tries.conflicts);
+        }
+    }
+
+    fn transfer(&self, from: u64, to: u64, amount: u64, backoff: Backoff) -> Tries {
+        let mut tries = Tries::default();
+        loop {
+            tries.attempts += 1;
+            let (a, b) = self
+                .0
+                .read(|map| (Self::get(map, from), Self::get(map, to)));
+            let writes = [
+                (from, a.0, a.1.unwrap_or(0).wrapping_sub(amount)),
+                (to, b.0, b.1.unwrap_or(0).wrapping_add(amount)),
+            ];
+            if self.commit(&writes) {
+                return tries;
+            }
+            tries.conflicts += 1;
+            backoff.wait(tries.conflicts);
+        }
+    }
+
+    fn snapshot(&self, keys: &[u64], out: &mut Vec<u64>) -> Tries {
+        out.clear();
+        self.0.read(|map| {
+            out.extend(keys.iter().map(|&key| Self::get(map, key).1.unwrap_or(0)));
+        });
+        Tries::ONE
+    }
+
+    fn write_all(&self, keys: &[u64], backoff: Backoff) -> Tries {
+        let mut tries = Tries::default();
+        let mut writes = Vec::with_capacity(keys.len());
+        loop {
+            tries.attempts += 1;
+            writes.clear();
+            self.0.read(|map| {
+                writes.extend(keys.iter().map(|&key| {
+                    let (version, value) = Self::get(map, key);
+                    (key, version, value.unwrap_or(0).wrapping_add(1))
+                }));
+            });
+            if self.commit(&writes) {
+                return tries;
+            }
+            tries.conflicts += 1;
+            backoff.wait(tries.conflicts);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `stm` crate.
+
+/// The `stm` crate: one `TVar<u64>` per key. `atomically` retries by itself, at once (no
+/// backoff can be put into its loop); attempts are counted by running the closure.
+pub struct StmCrate(Vec<stm::TVar<u64>>);
+
+impl StmCrate {
+    /// Runs `f` in `atomically`, counting the attempts.
+    #[inline]
+    fn atomically<T>(f: impl Fn(&mut stm::Transaction) -> stm::StmResult<T>) -> (T, Tries) {
+        let attempts = Cell::new(0u64);
+        let result = stm::atomically(|tx| {
+            attempts.set(attempts.get() + 1);
+            f(tx)
+        });
+        let attempts = attempts.get();
+        let tries = Tries {
+            attempts,
+            conflicts: attempts - 1,
+            busy: 0,
+        };
+        (result, tries)
+    }
+}
+
+impl Kv for StmCrate {
+    const NAME: &'static str = "stm-crate";
+
+    fn new(keys: usize, initial: u64) -> Self {
+        StmCrate((0..keys).map(|_| stm::TVar::new(initial)).collect())
+    }
+
+    #[inline]
+    fn read(&self, key: u64) -> u64 {
+        self.0[key as usize].read_atomic()
+    }
+
+    fn incr(&self, key: u64, _backoff: Backoff) -> Tries {
+        let var = &self.0[key as usize];
+        Self::atomically(|tx| {
+            let value = var.read(tx)?;
+            var.write(tx, value.wrapping_add(1))
+        })
+        .1
+    }
+
+    fn transfer(&self, from: u64, to: u64, amount: u64, _backoff: Backoff) -> Tries {
+        let (from, to) = (&self.0[from as usize], &self.0[to as usize]);
+        Self::atomically(|tx| {
+            let a = from.read(tx)?;
+            let b = to.read(tx)?;
+            from.write(tx, a.wrapping_sub(amount))?;
+            to.write(tx, b.wrapping_add(amount))
+        })
+        .1
+    }
+
+    fn snapshot(&self, keys: &[u64], out: &mut Vec<u64>) -> Tries {
+        let (values, tries) = Self::atomically(|tx| {
+            keys.iter()
+                .map(|&key| self.0[key as usize].read(tx))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        *out = values;
+        tries
+    }
+
+    fn write_all(&self, keys: &[u64], _backoff: Backoff) -> Tries {
+        Self::atomically(|tx| {
+            for &key in keys {
+                let var = &self.0[key as usize];
+                let value = var.read(tx)?;
+                var.write(tx, value.wrapping_add(1))?;
+            }
+            Ok(())
+        })
+        .1
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The floor: one ArcSwap per key.
+
+/// One `ArcSwap<(version, value)>` per key in a fixed array: the bare per-key CAS.
+pub struct Floor(Vec<ArcSwap<(u64, u64)>>);
+
+impl Floor {
+    /// One CAS of one key from the record just loaded to its successor; false on a conflict.
+    #[inline]
+    fn cas_incr(slot: &ArcSwap<(u64, u64)>) -> bool {
+        let current = slot.load();
+        let next = Arc::new((current.0 + 1, current.1.wrapping_add(1)));
+        let previous = slot.compare_and_swap(&current, next);
+        Arc::ptr_eq(&previous, &current)
+    }
+}
+
+impl Kv for Floor {
+    const NAME: &'static str = "floor";
+    const MULTI_KEY: bool = false;
+
+    fn new(keys: usize, initial: u64) -> Self {
+        Floor(
+            (0..keys)
+                .map(|_| ArcSwap::from_pointee((1, initial)))
+                .collect(),
+        )
+    }
+
+    #[inline]
+    fn read(&self, key: u64) -> u64 {
+        self.0[key as usize].load().1
+    }
+
+    fn incr(&self, key: u64, backoff: Backoff) -> Tries {
+        let slot = &self.0[key as usize];
+        let mut tries = Tries::default();
+        loop {
+            tries.attempts += 1;
+            if Self::cas_incr(slot) {
+                return tries;
+            }
+            tries.conflicts += 1;
+            backoff.wait(tries.conflicts);
+        }
+    }
+
+    fn transfer(&self, _: u64, _: u64, _: u64, _: Backoff) -> Tries {
+        unimplemented!("the floor has no multi-key operations")
+    }
+
+    fn snapshot(&self, _: &[u64], _: &mut Vec<u64>) -> Tries {
+        unimplemented!("the floor has no multi-key operations")
+    }
+
+    /// One CAS per key, each retried on its own: not atomic, only the cost of k CASes.
+    fn write_all(&self, keys: &[u64], backoff: Backoff) -> Tries {
+        let mut tries = Tries::default();
+        for &key in keys {
+            tries.add(self.incr(key, backoff));
+        }
+        tries.attempts -= keys.len() as u64 - 1;
+        tries
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driver.
+
+/// Whether criterion runs in test mode (`cargo test --benches`, `cargo bench -- --test`): then
+/// every benchmark runs once, and the benchmarks keep their setup small.
+pub fn test_mode() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    !args.iter().any(|arg| arg == "--bench") || args.iter().any(|arg| arg == "--test")
+}
+
+/// A fast per-thread random number generator (xorshift64*): the workloads' key choice must
+/// cost the same for every implementation and touch no shared state.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (n a power of two or not: the bias is negligible here).
+    #[inline]
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// Runs `work(thread index)` on `threads` threads started together on a barrier, and returns
+/// the wall time from the start to the last thread's end.
+pub fn run_threads<F>(threads: usize, work: F) -> Duration
+where
+    F: Fn(usize) + Sync,
+{
+    let barrier = Barrier::new(threads + 1);
+    thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|index| {
+                let (barrier, work) = (&barrier, &work);
+                scope.spawn(move || {
+                    barrier.wait();
+                    work(index);
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for handle in handles {
+            handle.join().expect("benchmark thread panicked");
+        }
+        start.elapsed()
+    })
+}
+
+/// Attempt counts summed over every run of one benchmark (warm-up included), printed once.
+#[derive(Default)]
+pub struct Counts {
+    ops: AtomicU64,
+    attempts: AtomicU64,
+    conflicts: AtomicU64,
+    busy: AtomicU64,
+    /// Side counts a benchmark wants to print (e.g. the snapshot writer's transfers).
+    side: StdMutex<Vec<(&'static str, u64)>>,
+}
+
+impl Counts {
+    /// Adds one thread's totals for `ops` operations.
+    pub fn add(&self, ops: u64, tries: Tries) {
+        self.ops.fetch_add(ops, Ordering::Relaxed);
+        self.attempts.fetch_add(tries.attempts, Ordering::Relaxed);
+        self.conflicts.fetch_add(tries.conflicts, Ordering::Relaxed);
+        self.busy.fetch_add(tries.busy, Ordering::Relaxed);
+    }
+
+    /// Adds to a named side count.
+    pub fn add_side(&self, name: &'static str, value: u64) {
+        let mut side = self.side.lock().expect("counts lock");
+        match side.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += value,
+            None => side.push((name, value)),
+        }
+    }
+
+    /// Prints one line to stderr: `TRIES <id> ops=.. attempts=.. conflicts=.. busy=..
+    /// busy_share=..%`, which `benches/report.py` reads back. Nothing if the benchmark did not
+    /// run (filtered out).
+    pub fn print(&self, id: &str) {
+        let ops = self.ops.load(Ordering::Relaxed);
+        if ops == 0 {
+            return; // filtered out
+        }
+        let attempts = self.attempts.load(Ordering::Relaxed);
+        let conflicts = self.conflicts.load(Ordering::Relaxed);
+        let busy = self.busy.load(Ordering::Relaxed);
+        let share = |n: u64| {
+            if attempts == 0 {
+                0.0
+            } else {
+                100.0 * n as f64 / attempts as f64
+            }
+        };
+        let mut line = format!(
+            "TRIES {id} ops={ops} attempts={attempts} conflicts={conflicts} \
+             conflict_share={:.3}% busy={busy} busy_share={:.4}%",
+            share(conflicts),
+            share(busy)
+        );
+        for (name, value) in self.side.lock().expect("counts lock").iter() {
+            line.push_str(&format!(" {name}={value}"));
+        }
+        eprintln!("{line}");
+    }
+}
+
+/// A stop flag for background threads (the snapshot workload's writer).
+#[derive(Default)]
+pub struct Stop(AtomicBool);
+
+impl Stop {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,240 @@
+//! Contention workloads on 1, 2, 4 and 8 threads (the machine may have fewer cores: the
+//! oversubscribed runs are intended). Each thread runs a fixed number of operations per
+//! iteration; the threads start together on a barrier and the wall time of the whole batch is
+//! measured (`iter_custom`), so criterion's throughput is the total operations per second.
+//!
+//! 1. `read_mostly`: 90% single-key reads, 10% single-key increments, uniform over 1024 keys.
+//! 2. `transfer`: two-key read-modify-write between two distinct random accounts of 1024.
+//! 3. `hot_key`: every thread increments the same key through a retry loop.
+//! 4. `snapshot`: one writer transfers among 8 keys; the other threads read all 8 at one
+//!    instant (and check that the total is unchanged). Throughput counts the readers' snapshots.
+//!
+//! Every benchmark prints one `TRIES` line to stderr: attempts, `ConcurrentUpdate` conflicts and
+//! `BusyRetry` answers over all its runs.
+
+#[allow(dead_code)]
+mod common;
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{
+    run_threads, Backoff, Counts, Floor, Kv, MutexKv, Ours, Rng, RwLockKv, StmCrate, Stop, Tries,
+};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
+
+const KEYS: u64 = 1024;
+const THREADS: [usize; 4] = [1, 2, 4, 8];
+/// Operations per thread per iteration.
+const OPS: u64 = 5_000;
+/// Keys of the snapshot workload.
+const SNAPSHOT_KEYS: [u64; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+const BALANCE: u64 = 1_000;
+
+/// A different random stream for every thread of every run.
+fn rng(thread: usize) -> Rng {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    Rng::new(RUN.fetch_add(1, Ordering::Relaxed) << 8 | thread as u64)
+}
+
+fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    group
+}
+
+/// Runs `op(kv, rng)` `OPS` times per iteration on each of `threads` threads.
+fn bench_ops<K: Kv>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    label: &str,
+    threads: usize,
+    kv: &K,
+    op: impl Fn(&K, &mut Rng) -> Tries + Sync,
+) {
+    let counts = Counts::default();
+    group.throughput(Throughput::Elements(OPS * threads as u64));
+    group.bench_function(BenchmarkId::new(label, threads), |b| {
+        b.iter_custom(|iters| {
+            run_threads(threads, |thread| {
+                let mut rng = rng(thread);
+                let mut tries = Tries::default();
+                let ops = iters * OPS;
+                for _ in 0..ops {
+                    tries.add(op(kv, &mut rng));
+                }
+                counts.add(ops, tries);
+            })
+        })
+    });
+    counts.print(&format!("{name}/{label}/{threads}"));
+}
+
+// 1. read-mostly ------------------------------------------------------------------------------
+
+fn read_mostly_one<K: Kv>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
+    let kv = K::new(KEYS as usize, 0);
+    bench_ops(group, "read_mostly", K::NAME, threads, &kv, |kv, rng| {
+        let key = rng.below(KEYS);
+        if rng.below(10) == 0 {
+            kv.incr(key, Backoff::Exponential)
+        } else {
+            black_box(kv.read(key));
+            Tries::ONE
+        }
+    });
+}
+
+fn read_mostly(c: &mut Criterion) {
+    let mut group = group(c, "read_mostly");
+    for threads in THREADS {
+        read_mostly_one::<Ours>(&mut group, threads);
+        read_mostly_one::<MutexKv>(&mut group, threads);
+        read_mostly_one::<RwLockKv>(&mut group, threads);
+        read_mostly_one::<StmCrate>(&mut group, threads);
+        read_mostly_one::<Floor>(&mut group, threads);
+    }
+    group.finish();
+}
+
+// 2. transfer ---------------------------------------------------------------------------------
+
+fn transfer_one<K: Kv>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
+    let kv = K::new(KEYS as usize, BALANCE);
+    bench_ops(group, "transfer", K::NAME, threads, &kv, |kv, rng| {
+        let from = rng.below(KEYS);
+        let to = (from + 1 + rng.below(KEYS - 1)) % KEYS;
+        kv.transfer(from, to, 1, Backoff::Exponential)
+    });
+    let mut total = Vec::new();
+    kv.snapshot(&(0..KEYS).collect::<Vec<_>>(), &mut total);
+    assert_eq!(
+        total.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
+        KEYS * BALANCE,
+        "{}: transfers must keep the total",
+        K::NAME
+    );
+}
+
+fn transfer(c: &mut Criterion) {
+    let mut group = group(c, "transfer");
+    for threads in THREADS {
+        transfer_one::<Ours>(&mut group, threads);
+        transfer_one::<MutexKv>(&mut group, threads);
+        transfer_one::<RwLockKv>(&mut group, threads);
+        transfer_one::<StmCrate>(&mut group, threads);
+    }
+    group.finish();
+}
+
+// 3. hot key ----------------------------------------------------------------------------------
+
+fn hot_key_one<K: Kv>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    label: &str,
+    threads: usize,
+    backoff: Backoff,
+) {
+    let kv = K::new(KEYS as usize, 0);
+    bench_ops(group, "hot_key", label, threads, &kv, |kv, _| {
+        kv.incr(0, backoff)
+    });
+}
+
+fn hot_key(c: &mut Criterion) {
+    let mut group = group(c, "hot_key");
+    let backoff = Backoff::Exponential;
+    for threads in THREADS {
+        hot_key_one::<Ours>(&mut group, "ours", threads, backoff);
+        hot_key_one::<Ours>(&mut group, "ours-nobackoff", threads, Backoff::None);
+        hot_key_one::<MutexKv>(&mut group, "mutex", threads, backoff);
+        hot_key_one::<RwLockKv>(&mut group, "rwlock", threads, backoff);
+        hot_key_one::<StmCrate>(&mut group, "stm-crate", threads, backoff);
+        hot_key_one::<Floor>(&mut group, "floor", threads, backoff);
+    }
+    group.finish();
+}
+
+// 4. snapshot ---------------------------------------------------------------------------------
+
+/// `threads - 1` readers take `OPS` snapshots each per iteration while thread 0 transfers among
+/// the same keys until the last reader is done.
+fn snapshot_one<K: Kv>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
+    let readers = threads - 1;
+    let kv = K::new(SNAPSHOT_KEYS.len(), BALANCE);
+    let total = SNAPSHOT_KEYS.len() as u64 * BALANCE;
+    let counts = Counts::default();
+    group.throughput(Throughput::Elements(OPS * readers as u64));
+    group.bench_function(BenchmarkId::new(K::NAME, threads), |b| {
+        b.iter_custom(|iters| {
+            let remaining = AtomicUsize::new(readers);
+            let stop = Stop::default();
+            run_threads(threads, |thread| {
+                let mut rng = rng(thread);
+                let mut tries = Tries::default();
+                if thread == 0 {
+                    let mut transfers = 0;
+                    while !stop.is_set() {
+                        let from = rng.below(8);
+                        let to = (from + 1 + rng.below(7)) % 8;
+                        let writer = kv.transfer(from, to, 1, Backoff::Exponential);
+                        tries.conflicts += writer.conflicts;
+                        tries.busy += writer.busy;
+                        transfers += 1;
+                    }
+                    counts.add_side("writer_transfers", transfers);
+                    counts.add_side("writer_conflicts", tries.conflicts);
+                    counts.add(
+                        0,
+                        Tries {
+                            attempts: 0,
+                            ..tries
+                        },
+                    );
+                    return;
+                }
+                let mut values = Vec::with_capacity(SNAPSHOT_KEYS.len());
+                let ops = iters * OPS;
+                for _ in 0..ops {
+                    tries.add(kv.snapshot(&SNAPSHOT_KEYS, &mut values));
+                    let sum = values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v));
+                    assert_eq!(sum, total, "{}: a snapshot saw a torn transfer", K::NAME);
+                }
+                counts.add(ops, tries);
+                if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    stop.set();
+                }
+            })
+        })
+    });
+    counts.print(&format!("snapshot/{}/{threads}", K::NAME));
+}
+
+fn snapshot(c: &mut Criterion) {
+    let mut group = group(c, "snapshot");
+    for threads in [2, 4, 8] {
+        snapshot_one::<Ours>(&mut group, threads);
+        snapshot_one::<MutexKv>(&mut group, threads);
+        snapshot_one::<RwLockKv>(&mut group, threads);
+        snapshot_one::<StmCrate>(&mut group, threads);
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default().without_plots()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = read_mostly, transfer, hot_key, snapshot
+}
+criterion_main!(benches);
