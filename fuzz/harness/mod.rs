@@ -1,0 +1,1202 @@
+//! Differential fuzzing harness for `stm-store`: a byte decoder, a sequential reference model of
+//! the contract (DESIGN.md Part 1), and two runners that drive the real store and the model side
+//! by side and panic on the first difference.
+//!
+//! This one file is shared by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`) and the stable
+//! replay test (`tests/fuzz_corpus.rs`); it depends on nothing but `stm_store` and `std`.
+//!
+//! * [`run_ops`]: one client, at most [`MAX_HANDLES`] live handles over [`KEYS`] keys. Every
+//!   answer of the store (`Ok` or which error, versions, values, collection contents, `dump`)
+//!   must equal the model's.
+//! * [`run_interleave`]: 2 or 3 clients whose steps the input interleaves, on one thread. With
+//!   the `test-hooks` feature a client can also stop in the middle of a multi-key commit
+//!   (`Collection::commit_paused`) while the others keep going; that commit then takes effect at
+//!   some instant between its start and its resume, so the model tracks the few possible
+//!   "worlds" and each observation must be explained by at least one of them (linearizability).
+//!   At the end, replaying the successful commits serially in their commit order must give the
+//!   final `dump`.
+//!
+//! The model is written from the contract only: keys hold `(version, Option<value>)`, a key never
+//! seen is `(0, None)` and is created by `usevar`/`using`; a handle remembers its key, read
+//! version, read value and pending write; a commit fails with `ConcurrentUpdate` (and changes
+//! nothing, handles included) if any key's current version differs from the handle's read
+//! version, otherwise writes exactly the `set`/`clear`ed handles with version = read + 1 and
+//! leaves them clean holding the new version and value.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Debug, Write as _};
+
+use stm_store::{Collection, Error, Store, Value};
+
+/// Key type of the store under test.
+pub type K = u8;
+/// Value type of the store under test.
+pub type V = u16;
+
+/// Keys `0..KEYS` are the only keys ever created.
+pub const KEYS: u8 = 4;
+/// Keys probed with `Collection::get`: one more than can exist, to see `None` answers too.
+const PROBE_KEYS: u8 = KEYS + 1;
+/// Live handles at most, over all clients.
+pub const MAX_HANDLES: usize = 6;
+/// Longest key list passed to `using` (duplicates included).
+const MAX_USING: u8 = 6;
+/// Operations decoded from one input at most (keeps every run short).
+pub const MAX_OPS: usize = 256;
+/// Whether `Collection::commit_paused` is available (the `test-hooks` feature).
+pub const PAUSE_SUPPORTED: bool = cfg!(feature = "test-hooks");
+
+// ---------------------------------------------------------------------------------------------
+// Decoder
+// ---------------------------------------------------------------------------------------------
+
+/// How `Set` reaches a collection member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `Collection::get_mut`
+    GetMut,
+    /// `IndexMut` (`c[&k]`), only when the model says the key is there (else it would panic)
+    Index,
+    /// `Collection::values_mut`
+    ValuesMut,
+}
+
+/// One operation of the language. `slot` names a handle slot (of the client, in `interleave`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `store.usevar(key)` into `slot` (dropping what was there)
+    UseVar { slot: usize, key: K },
+    /// `store.using(keys)` into `slot` (duplicates and empty lists included)
+    Using { slot: usize, keys: Vec<K> },
+    /// `set(value)` on the slot's `Value`, or on its collection's member `key`
+    Set {
+        slot: usize,
+        key: K,
+        value: V,
+        via: Via,
+    },
+    /// `clear()` on the slot's `Value`, or on its collection's member `key`
+    Clear { slot: usize, key: K },
+    /// `commit()`, or `Store::set` / `Store::set_values` when `via_store`
+    Commit { slot: usize, via_store: bool },
+    /// `interleave` only: `commit_paused(claims)` on the slot's collection; the client stays
+    /// inside that commit until its next step resumes it (or drops it, for a `Drop` step)
+    Pause { slot: usize, claims: usize },
+    /// `store.dump()`
+    Dump,
+    /// drop the slot's handle
+    Drop { slot: usize },
+    /// read the handle (it is compared after every step anyway; this also formats it)
+    Read { slot: usize },
+    /// `ops` only: drop the store and start a new one; the old handles outlive it
+    NewStore,
+}
+
+/// One step of the `interleave` language.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub client: usize,
+    pub op: Op,
+}
+
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&first, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(first)
+    }
+}
+
+/// Decodes the operands of opcode `code` (only its value mod 16 matters); `None` when the input
+/// ends inside them.
+fn decode_op(code: u8, bytes: &mut Bytes<'_>, slots: usize, interleave: bool) -> Option<Op> {
+    let slot = |b: u8| usize::from(b) % slots;
+    let set = |bytes: &mut Bytes<'_>, via| {
+        Some(Op::Set {
+            slot: slot(bytes.byte()?),
+            key: bytes.byte()? % PROBE_KEYS,
+            value: V::from(bytes.byte()?),
+            via,
+        })
+    };
+    Some(match code % 16 {
+        0 | 1 => Op::UseVar {
+            slot: slot(bytes.byte()?),
+            key: bytes.byte()? % KEYS,
+        },
+        2 | 3 => {
+            let slot = slot(bytes.byte()?);
+            let count = bytes.byte()? % (MAX_USING + 1);
+            let keys = (0..count)
+                .map(|_| Some(bytes.byte()? % KEYS))
+                .collect::<Option<Vec<_>>>()?;
+            Op::Using { slot, keys }
+        }
+        4 | 5 => set(bytes, Via::GetMut)?,
+        6 => set(bytes, Via::Index)?,
+        7 => set(bytes, Via::ValuesMut)?,
+        8 => Op::Clear {
+            slot: slot(bytes.byte()?),
+            key: bytes.byte()? % PROBE_KEYS,
+        },
+        11 | 15 if interleave => Op::Pause {
+            slot: slot(bytes.byte()?),
+            claims: usize::from(bytes.byte()? % 6),
+        },
+        9..=11 => {
+            let b = usize::from(bytes.byte()?);
+            Op::Commit {
+                slot: b % slots,
+                via_store: (b / slots) % 2 == 1,
+            }
+        }
+        12 => Op::Dump,
+        13 => Op::Drop {
+            slot: slot(bytes.byte()?),
+        },
+        14 => Op::Read {
+            slot: slot(bytes.byte()?),
+        },
+        _ => Op::NewStore,
+    })
+}
+
+/// The `ops` program of an input: opcode byte, operand bytes, repeated.
+pub fn decode_ops(data: &[u8]) -> Vec<Op> {
+    let mut bytes = Bytes(data);
+    let mut ops = Vec::new();
+    while ops.len() < MAX_OPS {
+        let Some(code) = bytes.byte() else { break };
+        let Some(op) = decode_op(code, &mut bytes, MAX_HANDLES, false) else {
+            break;
+        };
+        ops.push(op);
+    }
+    ops
+}
+
+/// The `interleave` program of an input: the client count (2 + first byte % 2), then steps. A
+/// step's first byte names the client (byte % clients) and the opcode (byte / clients); operand
+/// bytes follow. Each client has `MAX_HANDLES / clients` slots.
+pub fn decode_interleave(data: &[u8]) -> (usize, Vec<Step>) {
+    let mut bytes = Bytes(data);
+    let clients = 2 + usize::from(bytes.byte().unwrap_or(0) % 2);
+    let slots = MAX_HANDLES / clients;
+    let mut steps = Vec::new();
+    while steps.len() < MAX_OPS {
+        let Some(head) = bytes.byte() else { break };
+        let client = usize::from(head) % clients;
+        // `clients` is 2 or 3, so the quotient fits in a byte.
+        let code = (usize::from(head) / clients) as u8;
+        let Some(op) = decode_op(code, &mut bytes, slots, true) else {
+            break;
+        };
+        steps.push(Step { client, op });
+    }
+    (clients, steps)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference model
+// ---------------------------------------------------------------------------------------------
+
+/// The model of one handle (`Value`, or a collection member).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MVal {
+    key: K,
+    /// The version read, or written by the last successful commit.
+    version: u64,
+    /// The value read, or written by the last successful commit.
+    value: Option<V>,
+    /// `Some(new)` after `set`/`clear` (`new == None` for `clear`).
+    pending: Option<Option<V>>,
+}
+
+impl MVal {
+    /// What `(key(), version(), value())` must answer: `value()` shows the pending write.
+    fn seen(&self) -> Seen {
+        (self.key, self.version, self.pending.unwrap_or(self.value))
+    }
+
+    /// After a successful commit: written handles hold the new version and value, clean.
+    fn committed(&mut self) {
+        if let Some(new) = self.pending.take() {
+            self.version += 1;
+            self.value = new;
+        }
+    }
+}
+
+/// `(key, version, value)` as a handle or `dump` shows it.
+pub type Seen = (K, u64, Option<V>);
+
+/// The model of a store: every key ever named, with its committed `(version, value)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Model {
+    keys: BTreeMap<K, (u64, Option<V>)>,
+}
+
+impl Model {
+    /// `usevar`: reads `key`, creating it as `(0, None)` if new.
+    fn usevar(&mut self, key: K) -> MVal {
+        let &mut (version, value) = self.keys.entry(key).or_insert((0, None));
+        MVal {
+            key,
+            version,
+            value,
+            pending: None,
+        }
+    }
+
+    /// `using`: one member per distinct key, in key order.
+    fn using(&mut self, keys: &[K]) -> Vec<MVal> {
+        let mut distinct = keys.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        distinct.into_iter().map(|key| self.usevar(key)).collect()
+    }
+
+    /// A commit of `members` (distinct keys): all-or-nothing. Only the store changes here; the
+    /// handles change with [`MVal::committed`] once the answer is known.
+    fn commit(&mut self, members: &[MVal]) -> Result<(), Error> {
+        let unchanged = members.iter().all(|m| {
+            let (version, _) = self.keys.get(&m.key).expect("a handle's key exists");
+            *version == m.version
+        });
+        if !unchanged {
+            return Err(Error::ConcurrentUpdate);
+        }
+        for m in members {
+            if let Some(new) = m.pending {
+                self.keys.insert(m.key, (m.version + 1, new));
+            }
+        }
+        Ok(())
+    }
+
+    /// `dump`: every key ever named, in key order.
+    fn dump(&self) -> Vec<Seen> {
+        self.keys
+            .iter()
+            .map(|(&key, &(version, value))| (key, version, value))
+            .collect()
+    }
+}
+
+/// The model of a slot's handle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum MHandle {
+    Value(MVal),
+    Coll(Vec<MVal>),
+}
+
+impl MHandle {
+    fn members(&self) -> &[MVal] {
+        match self {
+            MHandle::Value(v) => std::slice::from_ref(v),
+            MHandle::Coll(c) => c,
+        }
+    }
+
+    /// The member a `Set`/`Clear` with this key reaches: a `Value` ignores the key.
+    fn member_mut(&mut self, key: K) -> Option<&mut MVal> {
+        match self {
+            MHandle::Value(v) => Some(v),
+            MHandle::Coll(c) => c.iter_mut().find(|m| m.key == key),
+        }
+    }
+
+    fn committed(&mut self) {
+        match self {
+            MHandle::Value(v) => v.committed(),
+            MHandle::Coll(c) => c.iter_mut().for_each(MVal::committed),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real handles, and comparing them with the model
+// ---------------------------------------------------------------------------------------------
+
+enum Handle {
+    Value(Value<K, V>),
+    Coll(Collection<K, V>),
+}
+
+fn seen(value: &Value<K, V>) -> Seen {
+    (*value.key(), value.version(), value.value().copied())
+}
+
+fn seen_all(coll: &Collection<K, V>) -> Vec<Seen> {
+    coll.iter().map(|(_, v)| seen(v)).collect()
+}
+
+fn expect_eq<T: PartialEq + Debug>(what: &str, actual: T, expected: T) -> Result<(), String> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: the store gives {actual:?}, the model expects {expected:?}"
+        ))
+    }
+}
+
+/// Compares everything the public API shows of a handle with its model (without allocating
+/// when they agree: this runs after every step).
+fn check_handle(handle: &Handle, model: &MHandle) -> Result<(), String> {
+    let agree = match (handle, model) {
+        (Handle::Value(v), MHandle::Value(m)) => seen(v) == m.seen(),
+        (Handle::Coll(c), MHandle::Coll(ms)) => {
+            c.len() == ms.len()
+                && c.is_empty() == ms.is_empty()
+                && c.iter().count() == ms.len()
+                && c.iter()
+                    .zip(ms)
+                    .all(|((k, v), m)| *k == m.key && seen(v) == m.seen())
+                && c.keys().eq(ms.iter().map(|m| &m.key))
+                && (0..PROBE_KEYS).all(|probe| {
+                    c.get(&probe).map(seen) == ms.iter().find(|m| m.key == probe).map(MVal::seen)
+                })
+        }
+        _ => false,
+    };
+    if agree {
+        Ok(())
+    } else {
+        explain_handle(handle, model)
+    }
+}
+
+/// The slow path of [`check_handle`]: says what differs.
+fn explain_handle(handle: &Handle, model: &MHandle) -> Result<(), String> {
+    match (handle, model) {
+        (Handle::Value(v), MHandle::Value(m)) => {
+            expect_eq("Value (key, version(), value())", seen(v), m.seen())
+        }
+        (Handle::Coll(c), MHandle::Coll(ms)) => {
+            let expected: Vec<Seen> = ms.iter().map(MVal::seen).collect();
+            expect_eq(
+                "Collection members (key, version, value)",
+                seen_all(c),
+                expected,
+            )?;
+            for (key, value) in c.iter() {
+                expect_eq("Collection::iter key vs Value::key", key, value.key())?;
+            }
+            expect_eq("Collection::len", c.len(), ms.len())?;
+            expect_eq("Collection::is_empty", c.is_empty(), ms.is_empty())?;
+            let keys: Vec<K> = ms.iter().map(|m| m.key).collect();
+            expect_eq("Collection::keys", c.keys().copied().collect(), keys)?;
+            for probe in 0..PROBE_KEYS {
+                let expected = ms.iter().find(|m| m.key == probe).map(MVal::seen);
+                expect_eq(
+                    &format!("Collection::get(&{probe})"),
+                    c.get(&probe).map(seen),
+                    expected,
+                )?;
+            }
+            Err("the handle differs from its model".to_string())
+        }
+        _ => panic!("harness bug: the slot holds a handle of another kind than its model"),
+    }
+}
+
+/// Applies a `Set` (value `Some`) or `Clear` (`None`) to the real handle and its model.
+fn write_member(
+    handle: &mut Handle,
+    model: &mut MHandle,
+    key: K,
+    new: Option<V>,
+    via: Via,
+) -> Result<(), String> {
+    let apply = |v: &mut Value<K, V>| match new {
+        Some(new) => v.set(new),
+        None => v.clear(),
+    };
+    let member = model.member_mut(key);
+    let expected_present = member.is_some();
+    if let Some(m) = member {
+        m.pending = Some(new);
+    }
+    match handle {
+        Handle::Value(v) => {
+            apply(v);
+            Ok(())
+        }
+        Handle::Coll(c) => {
+            let found = match via {
+                Via::GetMut => c.get_mut(&key),
+                Via::Index if expected_present => Some(&mut c[&key]),
+                Via::Index => c.get_mut(&key),
+                Via::ValuesMut => c.values_mut().find(|v| *v.key() == key),
+            };
+            let present = found.is_some();
+            if let Some(v) = found {
+                expect_eq("the member reached by key", *v.key(), key)?;
+                apply(v);
+            }
+            if present == expected_present {
+                Ok(())
+            } else {
+                expect_eq(
+                    &format!("whether the collection has key {key} ({via:?})"),
+                    present,
+                    expected_present,
+                )
+            }
+        }
+    }
+}
+
+/// Reads `(key, version, value)` of what `using` returned.
+fn using_seen(coll: &Collection<K, V>) -> Vec<Seen> {
+    seen_all(coll)
+}
+
+fn model_of(members: Vec<MVal>) -> MHandle {
+    MHandle::Coll(members)
+}
+
+/// A read (`usevar`/`using`) must not fail on one thread: there is no contention at all, and
+/// `BusyRetry` is never the answer because of another commit in progress (semantics 6).
+fn read_ok<T>(what: &str, result: Result<T, Error>) -> Result<T, String> {
+    result.map_err(|e| format!("{what} failed with {e:?} on a single thread"))
+}
+
+fn divergence<T: Debug>(target: &str, program: &[T], step: usize, msg: &str) -> ! {
+    let mut listing = String::new();
+    for (i, op) in program.iter().enumerate() {
+        let mark = if i == step { ">>" } else { "  " };
+        let _ = writeln!(listing, "  {mark} {i:3}: {op:?}");
+    }
+    panic!(
+        "stm-store diverged from the reference model ({target} target)\n\
+         at step {step}: {msg}\n\
+         decoded program:\n{listing}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// `ops`: one client, exact model
+// ---------------------------------------------------------------------------------------------
+
+struct OpsSlot {
+    handle: Handle,
+    model: MHandle,
+    /// Which store (generation) the handle came from.
+    generation: usize,
+}
+
+struct OpsRun {
+    store: Store<K, V>,
+    /// One model per store created so far; the last is `store`'s.
+    models: Vec<Model>,
+    slots: Vec<Option<OpsSlot>>,
+}
+
+/// Runs the `ops` program of `data` on a store and on the model; panics on any difference.
+pub fn run_ops(data: &[u8]) {
+    let ops = decode_ops(data);
+    let mut run = OpsRun {
+        store: Store::new(),
+        models: vec![Model::default()],
+        slots: (0..MAX_HANDLES).map(|_| None).collect(),
+    };
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(msg) = run.step(op).and_then(|()| run.check_handles()) {
+            divergence("ops", &ops, i, &msg);
+        }
+    }
+    if let Err(msg) = run.dump("final dump") {
+        divergence("ops", &ops, ops.len(), &msg);
+    }
+}
+
+impl OpsRun {
+    fn generation(&self) -> usize {
+        self.models.len() - 1
+    }
+
+    fn dump(&self, what: &str) -> Result<(), String> {
+        let model = self.models.last().expect("there is always a store");
+        expect_eq(what, self.store.dump(), model.dump())
+    }
+
+    fn check_handles(&self) -> Result<(), String> {
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(s) = slot {
+                check_handle(&s.handle, &s.model).map_err(|e| format!("slot {i}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, op: &Op) -> Result<(), String> {
+        let generation = self.generation();
+        match op {
+            &Op::UseVar { slot, key } => {
+                let value = read_ok("usevar", self.store.usevar(key))?;
+                let model = self.models[generation].usevar(key);
+                expect_eq("usevar (key, version, value)", seen(&value), model.seen())?;
+                self.slots[slot] = Some(OpsSlot {
+                    handle: Handle::Value(value),
+                    model: MHandle::Value(model),
+                    generation,
+                });
+            }
+            Op::Using { slot, keys } => {
+                let coll = read_ok("using", self.store.using(keys.iter().copied()))?;
+                let members = self.models[generation].using(keys);
+                let expected: Vec<Seen> = members.iter().map(MVal::seen).collect();
+                expect_eq("using snapshot", using_seen(&coll), expected)?;
+                self.slots[*slot] = Some(OpsSlot {
+                    handle: Handle::Coll(coll),
+                    model: model_of(members),
+                    generation,
+                });
+            }
+            &Op::Set {
+                slot,
+                key,
+                value,
+                via,
+            } => {
+                if let Some(s) = &mut self.slots[slot] {
+                    write_member(&mut s.handle, &mut s.model, key, Some(value), via)?;
+                }
+            }
+            &Op::Clear { slot, key } => {
+                if let Some(s) = &mut self.slots[slot] {
+                    write_member(&mut s.handle, &mut s.model, key, None, Via::GetMut)?;
+                }
+            }
+            &Op::Commit { slot, via_store } => {
+                let Some(s) = &mut self.slots[slot] else {
+                    return Ok(());
+                };
+                // `Store::set` with a handle of another store panics (semantics 10): an old
+                // handle commits by itself.
+                let via_store = via_store && s.generation == generation;
+                let actual = match &mut s.handle {
+                    Handle::Value(v) if via_store => self.store.set(v),
+                    Handle::Value(v) => v.commit(),
+                    Handle::Coll(c) if via_store => self.store.set_values(c),
+                    Handle::Coll(c) => c.commit(),
+                };
+                let expected = self.models[s.generation].commit(s.model.members());
+                if expected.is_ok() {
+                    s.model.committed();
+                }
+                expect_eq("commit answer", actual, expected)?;
+            }
+            Op::Pause { .. } => unreachable!("the ops decoder makes no Pause"),
+            Op::Dump => {
+                self.dump("dump")?;
+                let _ = format!("{:?}", self.store);
+            }
+            &Op::Drop { slot } => self.slots[slot] = None,
+            &Op::Read { slot } => {
+                if let Some(s) = &self.slots[slot] {
+                    let _ = match &s.handle {
+                        Handle::Value(v) => format!("{v:?}"),
+                        Handle::Coll(c) => format!("{c:?}"),
+                    };
+                }
+            }
+            Op::NewStore => {
+                // The old store is dropped here; its handles live on and may still commit.
+                self.store = Store::new();
+                self.models.push(Model::default());
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `interleave`: 2-3 clients, commits that may stop half-way, linearizability
+// ---------------------------------------------------------------------------------------------
+
+/// One commit attempt, as its handles were when it started.
+struct Attempt {
+    /// Index of the step that started it.
+    step: usize,
+    client: usize,
+    members: Vec<MVal>,
+}
+
+/// One possible state of the world: the committed state, the paused commits that have not taken
+/// effect yet, those that have (with their answer) but were not resumed yet, and the order in
+/// which successful commits took effect.
+#[derive(Clone, Debug)]
+struct World {
+    model: Model,
+    pending: Vec<usize>,
+    decided: Vec<(usize, bool)>,
+    log: Vec<usize>,
+}
+
+impl World {
+    /// Worlds that differ only in `log` are interchangeable: any one serial order will do.
+    fn same_state(&self, other: &World) -> bool {
+        self.model == other.model && self.pending == other.pending && self.decided == other.decided
+    }
+}
+
+struct Client {
+    slots: Vec<Option<(Handle, MHandle)>>,
+    /// Stopped inside a paused commit.
+    paused: bool,
+}
+
+struct Interleave<'p> {
+    program: &'p [Step],
+    /// The next step to run.
+    pos: usize,
+    /// The step being run (for messages).
+    current: usize,
+    store: Store<K, V>,
+    clients: Vec<Client>,
+    worlds: Vec<World>,
+    attempts: Vec<Attempt>,
+    /// Every key ever named by `usevar`/`using`: the keys of the final replay.
+    named: Vec<K>,
+    stats: Stats,
+}
+
+/// What an `interleave` run did (for tests that check the corpus reaches the paused paths).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Commits (`commit`, `Store::set`, `Store::set_values`) that answered `Ok`.
+    pub commits_ok: usize,
+    /// Commits that answered `ConcurrentUpdate`.
+    pub commits_failed: usize,
+    /// Paused commits resumed with `Ok`.
+    pub resumed_ok: usize,
+    /// Paused commits resumed with `ConcurrentUpdate`.
+    pub resumed_failed: usize,
+    /// Paused commits dropped without resuming.
+    pub abandoned: usize,
+    /// The most worlds the model had to keep at once.
+    pub max_worlds: usize,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, other: Stats) {
+        self.commits_ok += other.commits_ok;
+        self.commits_failed += other.commits_failed;
+        self.resumed_ok += other.resumed_ok;
+        self.resumed_failed += other.resumed_failed;
+        self.abandoned += other.abandoned;
+        self.max_worlds = self.max_worlds.max(other.max_worlds);
+    }
+}
+
+/// Why a run of steps stopped.
+enum Exit {
+    /// The program ended.
+    End,
+    /// A step of this paused client: it resumes (`abandon: false`) or is dropped (`true`).
+    Wake { client: usize, abandon: bool },
+}
+
+/// Runs the `interleave` program of `data`; panics on any behaviour the contract forbids.
+pub fn run_interleave(data: &[u8]) -> Stats {
+    let (clients, program) = decode_interleave(data);
+    let slots = MAX_HANDLES / clients;
+    let mut run = Interleave {
+        program: &program,
+        pos: 0,
+        current: 0,
+        store: Store::new(),
+        clients: (0..clients)
+            .map(|_| Client {
+                slots: (0..slots).map(|_| None).collect(),
+                paused: false,
+            })
+            .collect(),
+        worlds: vec![World {
+            model: Model::default(),
+            pending: Vec::new(),
+            decided: Vec::new(),
+            log: Vec::new(),
+        }],
+        attempts: Vec::new(),
+        named: Vec::new(),
+        stats: Stats::default(),
+    };
+    if let Err(msg) = run.exec().and_then(|_| run.finish()) {
+        divergence("interleave", &program, run.current, &msg);
+    }
+    run.stats
+}
+
+impl Interleave<'_> {
+    /// Runs steps until the program ends or a paused client (one of the enclosing frames) has
+    /// a step. A paused commit runs the following steps in a nested call, so that its
+    /// `Paused` guard (which borrows the collection) lives across them; paused commits
+    /// therefore resume innermost first.
+    fn exec(&mut self) -> Result<Exit, String> {
+        while let Some(step) = self.program.get(self.pos) {
+            self.current = self.pos;
+            self.pos += 1;
+            let client = step.client;
+            if self.clients[client].paused {
+                let abandon = matches!(step.op, Op::Drop { .. });
+                return Ok(Exit::Wake { client, abandon });
+            }
+            if let Op::Pause { slot, claims } = step.op {
+                if let Some(exit) = self.pause(client, slot, claims)? {
+                    return Ok(exit);
+                }
+            } else {
+                self.step(client, &step.op)?;
+            }
+            self.check_handles()?;
+        }
+        Ok(Exit::End)
+    }
+
+    /// Ends the run: every paused commit has been resumed; compare the handles, the final dump,
+    /// and the serial replay of the successful commits.
+    fn finish(&mut self) -> Result<(), String> {
+        self.current = self.program.len();
+        self.check_handles()?;
+        let dump = self.store.dump();
+        self.observe("final dump", &dump, |w, _| w.model.dump())?;
+        let world = &self.worlds[0];
+        expect_eq("paused commits left", world.pending.len(), 0)?;
+        self.replay(&world.log, &dump)
+    }
+
+    /// Applies the successful commits serially, in their commit order, from the empty store
+    /// (every named key at version 0): each must validate at its turn, and the result must be
+    /// the final dump.
+    fn replay(&self, log: &[usize], dump: &[Seen]) -> Result<(), String> {
+        let mut state: BTreeMap<K, (u64, Option<V>)> =
+            self.named.iter().map(|&k| (k, (0, None))).collect();
+        for &id in log {
+            let attempt = &self.attempts[id];
+            for m in &attempt.members {
+                let version = state.get(&m.key).map(|s| s.0);
+                if version != Some(m.version) {
+                    return Err(format!(
+                        "serial replay: the commit started at step {} (client {}) read key {} at \
+                         version {} but replayed serially the key is at {version:?}",
+                        attempt.step, attempt.client, m.key, m.version
+                    ));
+                }
+            }
+            for m in &attempt.members {
+                if let Some(new) = m.pending {
+                    state.insert(m.key, (m.version + 1, new));
+                }
+            }
+        }
+        let replayed: Vec<Seen> = state.into_iter().map(|(k, (n, v))| (k, n, v)).collect();
+        expect_eq(
+            "final dump vs serial replay of the successful commits",
+            dump.to_vec(),
+            replayed,
+        )
+    }
+
+    fn check_handles(&self) -> Result<(), String> {
+        for (c, client) in self.clients.iter().enumerate() {
+            for (i, slot) in client.slots.iter().enumerate() {
+                if let Some((handle, model)) = slot {
+                    check_handle(handle, model).map_err(|e| format!("client {c} slot {i}: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets any paused commit take effect now, in any order: every world that could be.
+    fn expand(&mut self) {
+        if self.worlds.iter().all(|w| w.pending.is_empty()) {
+            return;
+        }
+        let mut todo = std::mem::take(&mut self.worlds);
+        let mut done: Vec<World> = Vec::new();
+        while let Some(world) = todo.pop() {
+            for (i, &id) in world.pending.iter().enumerate() {
+                let mut next = world.clone();
+                next.pending.remove(i);
+                let ok = next.model.commit(&self.attempts[id].members).is_ok();
+                next.decided.push((id, ok));
+                if ok {
+                    next.log.push(id);
+                }
+                if !done.iter().chain(&todo).any(|w| w.same_state(&next)) {
+                    todo.push(next);
+                }
+            }
+            if !done.iter().any(|w| w.same_state(&world)) {
+                done.push(world);
+            }
+        }
+        self.stats.max_worlds = self.stats.max_worlds.max(done.len());
+        self.worlds = done;
+    }
+
+    /// An answer of the store: keeps the worlds (after any paused commit may have taken
+    /// effect) in which `predict` gives the same answer, advanced by it.
+    fn observe<P: PartialEq + Debug>(
+        &mut self,
+        what: &str,
+        actual: &P,
+        predict: impl Fn(&mut World, &[Attempt]) -> P,
+    ) -> Result<(), String> {
+        self.expand();
+        let mut kept: Vec<World> = Vec::new();
+        let mut allowed: Vec<P> = Vec::new();
+        for mut world in std::mem::take(&mut self.worlds) {
+            let p = predict(&mut world, &self.attempts);
+            if p == *actual {
+                if !kept.iter().any(|w| w.same_state(&world)) {
+                    kept.push(world);
+                }
+            } else if !allowed.contains(&p) {
+                allowed.push(p);
+            }
+        }
+        if kept.is_empty() {
+            return Err(format!(
+                "{what}: the store gives {actual:?}, the model allows only {}",
+                OneOf(&allowed)
+            ));
+        }
+        self.worlds = kept;
+        Ok(())
+    }
+
+    fn name(&mut self, keys: &[K]) {
+        for &k in keys {
+            if !self.named.contains(&k) {
+                self.named.push(k);
+            }
+        }
+    }
+
+    fn step(&mut self, client: usize, op: &Op) -> Result<(), String> {
+        match op {
+            &Op::UseVar { slot, key } => {
+                let value = read_ok("usevar", self.store.usevar(key))?;
+                self.name(&[key]);
+                let actual = seen(&value);
+                self.observe("usevar (key, version, value)", &actual, |w, _| {
+                    w.model.usevar(key).seen()
+                })?;
+                let model = MVal {
+                    key,
+                    version: actual.1,
+                    value: actual.2,
+                    pending: None,
+                };
+                self.clients[client].slots[slot] =
+                    Some((Handle::Value(value), MHandle::Value(model)));
+            }
+            Op::Using { slot, keys } => {
+                let coll = read_ok("using", self.store.using(keys.iter().copied()))?;
+                self.name(keys);
+                let actual = using_seen(&coll);
+                self.observe("using snapshot", &actual, |w, _| {
+                    w.model.using(keys).iter().map(MVal::seen).collect()
+                })?;
+                let members = actual
+                    .iter()
+                    .map(|&(key, version, value)| MVal {
+                        key,
+                        version,
+                        value,
+                        pending: None,
+                    })
+                    .collect();
+                self.clients[client].slots[*slot] = Some((Handle::Coll(coll), model_of(members)));
+            }
+            &Op::Set {
+                slot,
+                key,
+                value,
+                via,
+            } => {
+                if let Some((handle, model)) = &mut self.clients[client].slots[slot] {
+                    write_member(handle, model, key, Some(value), via)?;
+                }
+            }
+            &Op::Clear { slot, key } => {
+                if let Some((handle, model)) = &mut self.clients[client].slots[slot] {
+                    write_member(handle, model, key, None, Via::GetMut)?;
+                }
+            }
+            &Op::Commit { slot, via_store } => self.commit(client, slot, via_store)?,
+            Op::Pause { .. } => unreachable!("exec runs Pause itself"),
+            Op::Dump => {
+                let dump = self.store.dump();
+                self.observe("dump", &dump, |w, _| w.model.dump())?;
+            }
+            &Op::Drop { slot } => self.clients[client].slots[slot] = None,
+            Op::Read { .. } => {}
+            Op::NewStore => unreachable!("the interleave decoder makes no NewStore"),
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, client: usize, slot: usize, via_store: bool) -> Result<(), String> {
+        let Some((handle, model)) = self.clients[client].slots[slot].take() else {
+            return Ok(());
+        };
+        let (mut handle, mut model) = (handle, model);
+        let id = self.attempts.len();
+        self.attempts.push(Attempt {
+            step: self.current,
+            client,
+            members: model.members().to_vec(),
+        });
+        let actual = match &mut handle {
+            Handle::Value(v) if via_store => self.store.set(v),
+            Handle::Value(v) => v.commit(),
+            Handle::Coll(c) if via_store => self.store.set_values(c),
+            Handle::Coll(c) => c.commit(),
+        };
+        self.observe("commit answer", &actual, |w, attempts| {
+            let r = w.model.commit(&attempts[id].members);
+            if r.is_ok() {
+                w.log.push(id);
+            }
+            r
+        })?;
+        if actual.is_ok() {
+            self.stats.commits_ok += 1;
+            model.committed();
+        } else {
+            self.stats.commits_failed += 1;
+        }
+        self.clients[client].slots[slot] = Some((handle, model));
+        Ok(())
+    }
+
+    /// `Pause` on a collection: starts its commit, runs the next steps while it is stopped
+    /// there, then resumes (or drops) it. Returns the exit of an enclosing frame's client.
+    #[cfg(feature = "test-hooks")]
+    fn pause(&mut self, client: usize, slot: usize, claims: usize) -> Result<Option<Exit>, String> {
+        if !matches!(self.clients[client].slots[slot], Some((Handle::Coll(_), _))) {
+            // A `Value` (or nothing): an ordinary commit.
+            return self.commit(client, slot, false).map(|()| None);
+        }
+        let Some((Handle::Coll(mut coll), mut model)) = self.clients[client].slots[slot].take()
+        else {
+            unreachable!("checked just above");
+        };
+        let id = self.attempts.len();
+        self.attempts.push(Attempt {
+            step: self.current,
+            client,
+            members: model.members().to_vec(),
+        });
+        for world in &mut self.worlds {
+            world.pending.push(id);
+        }
+        let paused = coll.commit_paused(claims);
+        self.clients[client].paused = true;
+        let exit = self.exec()?;
+        self.clients[client].paused = false;
+        let (abandon, outer) = match exit {
+            Exit::Wake { client: c, abandon } if c == client => (abandon, None),
+            other => (false, Some(other)),
+        };
+        if abandon {
+            // The stopped committer goes away: its commit took effect already, or never will.
+            drop(paused);
+            self.stats.abandoned += 1;
+            self.expand();
+            for world in &mut self.worlds {
+                world.pending.retain(|&p| p != id);
+                world.decided.retain(|&(p, _)| p != id);
+            }
+            let worlds = std::mem::take(&mut self.worlds);
+            for world in worlds {
+                if !self.worlds.iter().any(|w| w.same_state(&world)) {
+                    self.worlds.push(world);
+                }
+            }
+        } else {
+            let actual = paused.resume();
+            let ok = actual.is_ok();
+            if actual != Ok(()) && actual != Err(Error::ConcurrentUpdate) {
+                return Err(format!("resumed commit answered {actual:?}"));
+            }
+            self.observe("resumed commit answer", &Some(ok), |w, _| {
+                let at = w.decided.iter().position(|&(p, _)| p == id)?;
+                Some(w.decided.remove(at).1)
+            })?;
+            if ok {
+                self.stats.resumed_ok += 1;
+                model.committed();
+            } else {
+                self.stats.resumed_failed += 1;
+            }
+        }
+        self.clients[client].slots[slot] = Some((Handle::Coll(coll), model));
+        Ok(outer)
+    }
+
+    /// Without `test-hooks` there is no paused commit: `Pause` is an ordinary commit.
+    #[cfg(not(feature = "test-hooks"))]
+    fn pause(
+        &mut self,
+        client: usize,
+        slot: usize,
+        _claims: usize,
+    ) -> Result<Option<Exit>, String> {
+        self.commit(client, slot, false).map(|()| None)
+    }
+}
+
+/// Formats the answers the model allows.
+struct OneOf<'a, P>(&'a [P]);
+
+impl<P: Debug> fmt::Display for OneOf<'_, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" or ")?;
+            }
+            write!(f, "{p:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks of the harness itself: the world model must reject what the contract forbids.
+#[cfg(test)]
+mod self_test {
+    use super::*;
+
+    /// A program (2 clients) where a commit stopped after claiming key 0 is helped to its end
+    /// by the other client's commit, which then fails.
+    pub(super) const HELPED: &[u8] = &[
+        0, // 2 clients
+        4, 0, 2, 0, 1, // c0: using(slot 0, [0, 1])
+        8, 0, 0, 5, // c0: slot 0 [0].set(5)
+        8, 0, 1, 6, // c0: slot 0 [1].set(6)
+        30, 0, 1, // c0: pause slot 0 after 1 claim
+        1, 0, 0, // c1: usevar(slot 0, key 0)
+        9, 0, 0, 9, // c1: slot 0 .set(9)
+        19, 0,  // c1: commit slot 0
+        25, // c1: dump
+        24, // c0: (wakes) resume
+    ];
+
+    #[test]
+    fn a_helped_paused_commit_decodes_and_runs() {
+        let (clients, steps) = decode_interleave(HELPED);
+        assert_eq!((clients, steps.len()), (2, 9), "{steps:?}");
+        let stats = run_interleave(HELPED);
+        if PAUSE_SUPPORTED {
+            // c1's commit helps the paused one to commit first, so c1's fails.
+            assert_eq!(
+                (stats.commits_failed, stats.resumed_ok),
+                (1, 1),
+                "{stats:?}"
+            );
+            assert!(stats.max_worlds >= 2, "{stats:?}");
+        } else {
+            assert_eq!(
+                (stats.commits_ok, stats.commits_failed),
+                (2, 0),
+                "{stats:?}"
+            );
+        }
+    }
+
+    fn with_pending_commit() -> Interleave<'static> {
+        let mut model = Model::default();
+        let members: Vec<MVal> = model
+            .using(&[0, 1])
+            .into_iter()
+            .map(|mut m| {
+                m.pending = Some(Some(5 + V::from(m.key)));
+                m
+            })
+            .collect();
+        Interleave {
+            program: &[],
+            pos: 0,
+            current: 0,
+            store: Store::new(),
+            clients: Vec::new(),
+            worlds: vec![World {
+                model,
+                pending: vec![0],
+                decided: Vec::new(),
+                log: Vec::new(),
+            }],
+            attempts: vec![Attempt {
+                step: 0,
+                client: 0,
+                members,
+            }],
+            named: vec![0, 1],
+            stats: Stats::default(),
+        }
+    }
+
+    fn dump(run: &mut Interleave<'_>, seen: &[Seen]) -> Result<(), String> {
+        run.observe("dump", &seen.to_vec(), |w, _| w.model.dump())
+    }
+
+    const BEFORE: &[Seen] = &[(0, 0, None), (1, 0, None)];
+    const AFTER: &[Seen] = &[(0, 1, Some(5)), (1, 1, Some(6))];
+
+    #[test]
+    fn a_pending_commit_is_seen_whole_or_not_at_all() {
+        let mut run = with_pending_commit();
+        assert!(dump(&mut run, &[(0, 1, Some(5)), (1, 0, None)]).is_err());
+        let mut run = with_pending_commit();
+        assert!(dump(&mut run, &[(0, 0, None), (1, 1, Some(6))]).is_err());
+        let mut run = with_pending_commit();
+        assert!(dump(&mut run, &[(0, 1, Some(5)), (1, 1, Some(7))]).is_err());
+    }
+
+    #[test]
+    fn a_pending_commit_takes_effect_once_and_stays() {
+        let mut run = with_pending_commit();
+        dump(&mut run, BEFORE).unwrap();
+        dump(&mut run, BEFORE).unwrap();
+        dump(&mut run, AFTER).unwrap();
+        assert!(dump(&mut run, BEFORE).is_err(), "a commit cannot be undone");
+    }
+
+    #[test]
+    fn a_resumed_commit_must_answer_as_it_took_effect() {
+        let resume = |run: &mut Interleave<'_>, ok: bool| {
+            run.observe("resume", &Some(ok), |w, _| {
+                let at = w.decided.iter().position(|&(p, _)| p == 0)?;
+                Some(w.decided.remove(at).1)
+            })
+        };
+        let mut run = with_pending_commit();
+        dump(&mut run, AFTER).unwrap();
+        assert!(resume(&mut run, false).is_err());
+        let mut run = with_pending_commit();
+        resume(&mut run, true).unwrap();
+        assert!(dump(&mut run, BEFORE).is_err());
+        // Nobody else wrote, so the paused commit cannot fail.
+        let mut run = with_pending_commit();
+        assert!(resume(&mut run, false).is_err());
+    }
+
+    #[test]
+    fn the_serial_replay_rejects_a_commit_that_would_not_validate() {
+        let run = with_pending_commit();
+        // The same commit twice: the second read version 0 of keys now at 1.
+        assert!(run.replay(&[0, 0], AFTER).is_err());
+        run.replay(&[0], AFTER).unwrap();
+        assert!(run.replay(&[], AFTER).is_err());
+    }
+}
