@@ -155,16 +155,49 @@ mod atomic_arc {
     }
 }
 
+/// A slot's key, as the index sees it: the index stores each slot once, found by its key.
+pub(crate) trait Keyed {
+    type Key;
+    fn key(&self) -> &Self::Key;
+}
+
 #[cfg(not(loom))]
 mod index {
-    use super::Arc;
+    use super::{Arc, Keyed};
     use dashmap::DashMap;
-    use std::hash::Hash;
+    use std::borrow::Borrow;
+    use std::hash::{Hash, Hasher};
+    use std::marker::PhantomData;
 
     /// The key index: finds or creates the slot of a key.
-    pub(crate) struct Index<K, S>(DashMap<K, Arc<S>>);
+    pub(crate) struct Index<K, S>(DashMap<BySlotKey<K, S>, ()>);
 
-    impl<K: Ord + Hash, S> Index<K, S> {
+    /// A slot, hashed and compared by its key: the table holds one pointer per key instead of
+    /// a copy of the key beside the pointer (8 bytes an entry, not 16; the key is stored once).
+    /// `K` is a parameter only so that `Borrow<K>` does not overlap `Borrow<Self>`.
+    struct BySlotKey<K, S>(Arc<S>, PhantomData<fn() -> K>);
+
+    impl<K: Hash, S: Keyed<Key = K>> Hash for BySlotKey<K, S> {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            self.0.key().hash(state);
+        }
+    }
+
+    impl<K: Eq, S: Keyed<Key = K>> PartialEq for BySlotKey<K, S> {
+        fn eq(&self, other: &Self) -> bool {
+            self.0.key() == other.0.key()
+        }
+    }
+
+    impl<K: Eq, S: Keyed<Key = K>> Eq for BySlotKey<K, S> {}
+
+    impl<K, S: Keyed<Key = K>> Borrow<K> for BySlotKey<K, S> {
+        fn borrow(&self) -> &K {
+            self.0.key()
+        }
+    }
+
+    impl<K: Hash + Eq, S: Keyed<Key = K>> Index<K, S> {
         pub(crate) fn new() -> Self {
             // More shards than dashmap's default (4 per core): every lookup takes a shard's
             // read lock, and threads sharing a shard bounce its cache line between cores.
@@ -178,19 +211,20 @@ mod index {
         }
 
         pub(crate) fn get(&self, key: &K) -> Option<Arc<S>> {
-            self.0.get(key).map(|slot| Arc::clone(&slot))
+            self.0.get(key).map(|entry| Arc::clone(&entry.key().0))
         }
 
-        /// The slot of `key`, inserting `slot` if the key has none yet.
-        pub(crate) fn get_or_insert(&self, key: K, slot: Arc<S>) -> Arc<S> {
-            Arc::clone(&self.0.entry(key).or_insert(slot))
+        /// The slot of `slot`'s key: the one already there, or `slot` itself if there was none.
+        pub(crate) fn get_or_insert(&self, slot: Arc<S>) -> Arc<S> {
+            let entry = self.0.entry(BySlotKey(slot, PhantomData)).or_insert(());
+            Arc::clone(&entry.key().0)
         }
 
         /// Every slot, copied out so that no user code runs under a shard lock.
         pub(crate) fn slots(&self) -> Vec<Arc<S>> {
             self.0
                 .iter()
-                .map(|entry| Arc::clone(entry.value()))
+                .map(|entry| Arc::clone(&entry.key().0))
                 .collect()
         }
     }
@@ -198,16 +232,15 @@ mod index {
 
 #[cfg(loom)]
 mod index {
-    use super::Arc;
+    use super::{Arc, Keyed};
     use loom::sync::Mutex;
     use std::collections::BTreeMap;
-    use std::hash::Hash;
 
     /// A `BTreeMap`, not a `HashMap`: loom needs every run of a model to visit slots in the
     /// same order.
     pub(crate) struct Index<K, S>(Mutex<BTreeMap<K, Arc<S>>>);
 
-    impl<K: Ord + Hash, S> Index<K, S> {
+    impl<K: Ord + Clone, S: Keyed<Key = K>> Index<K, S> {
         pub(crate) fn new() -> Self {
             Self(Mutex::new(BTreeMap::new()))
         }
@@ -216,8 +249,9 @@ mod index {
             self.0.lock().unwrap().get(key).cloned()
         }
 
-        pub(crate) fn get_or_insert(&self, key: K, slot: Arc<S>) -> Arc<S> {
-            Arc::clone(self.0.lock().unwrap().entry(key).or_insert(slot))
+        pub(crate) fn get_or_insert(&self, slot: Arc<S>) -> Arc<S> {
+            let mut index = self.0.lock().unwrap();
+            Arc::clone(index.entry(slot.key().clone()).or_insert(slot))
         }
 
         pub(crate) fn slots(&self) -> Vec<Arc<S>> {

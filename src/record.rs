@@ -6,7 +6,7 @@
 //! swapping the slot's `Arc` for a new node.
 
 use crate::primitive::{
-    Arc, AtomicArc, AtomicArcOption, AtomicU8, IdCounter, Loaded, Ordering, Weak,
+    Arc, AtomicArc, AtomicArcOption, AtomicU8, IdCounter, Keyed, Loaded, Ordering, Weak,
 };
 
 /// One key's home. Handles keep it alive, so a commit never needs the key index.
@@ -70,6 +70,13 @@ pub(crate) enum Status {
     Undecided = 0,
     Committed = 1,
     Aborted = 2,
+}
+
+impl<K, V> Keyed for Slot<K, V> {
+    type Key = K;
+    fn key(&self) -> &K {
+        &self.key
+    }
 }
 
 impl<K, V> Slot<K, V> {

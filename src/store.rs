@@ -166,8 +166,7 @@ where
         if let Some(slot) = self.index.get(&key) {
             return slot;
         }
-        let slot = Arc::new(Slot::new(key.clone()));
-        self.index.get_or_insert(key, slot)
+        self.index.get_or_insert(Arc::new(Slot::new(key)))
     }
 
     fn check_origin(&self, ours: bool, call: &str) {
