@@ -3,13 +3,13 @@
 //!
 //! Each test checks invariants that a broken protocol violates (a lost or torn write, a
 //! non-serializable outcome, a false conflict, a fork held twice), not just the absence of
-//! panics. Threads start together on a Barrier; no test sleeps. `BusyRetry` is counted
+//! panics. Threads start together on a Barrier (`together`); no test sleeps. `BusyRetry` is counted
 //! everywhere and must stay at 0 (this implementation never returns it).
 
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::thread;
 
 use common::{XorShift, SCALE};
@@ -42,15 +42,30 @@ impl Tally {
     }
 }
 
-/// Joins the threads and sums their tallies, asserting none saw `BusyRetry`.
-fn join_all<T: Send + 'static>(threads: Vec<thread::JoinHandle<(Tally, T)>>) -> (Tally, Vec<T>) {
+/// Runs `body(i)` for `i` in `0..threads`, each on its own thread, all starting together;
+/// returns the tallies summed and each thread's result, in order. No thread may see `BusyRetry`.
+fn together<T: Send>(threads: usize, body: impl Fn(usize) -> (Tally, T) + Sync) -> (Tally, Vec<T>) {
+    let start = Barrier::new(threads);
+    let results: Vec<(Tally, T)> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (body, start) = (&body, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    body(i)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let mut total = Tally::default();
-    let mut rest = Vec::new();
-    for t in threads {
-        let (tally, other) = t.join().unwrap();
-        total = total.add(&tally);
-        rest.push(other);
-    }
+    let rest = results
+        .into_iter()
+        .map(|(tally, result)| {
+            total = std::mem::take(&mut total).add(&tally);
+            result
+        })
+        .collect();
     assert_eq!(total.busy, 0, "BusyRetry returned: {total:?}");
     (total, rest)
 }
@@ -59,31 +74,23 @@ fn join_all<T: Send + 'static>(threads: Vec<thread::JoinHandle<(Tally, T)>>) -> 
 fn lost_update_single_key_counter() {
     const THREADS: u64 = 4;
     const INCREMENTS: u64 = 1_500 * SCALE;
-    let store: Arc<Store<&str, u64>> = Arc::new(Store::new());
-    let start = Arc::new(Barrier::new(THREADS as usize));
-    let threads: Vec<_> = (0..THREADS)
-        .map(|_| {
-            let (store, start) = (store.clone(), start.clone());
-            thread::spawn(move || {
-                let mut tally = Tally::default();
-                // The version each of this thread's commits wrote.
-                let mut versions = Vec::new();
-                start.wait();
-                for _ in 0..INCREMENTS {
-                    loop {
-                        let mut v = store.usevar("counter").unwrap();
-                        v.set(v.value().unwrap_or(&0) + 1);
-                        if tally.record(v.commit()) {
-                            versions.push(v.version());
-                            break;
-                        }
-                    }
+    let store: Store<&str, u64> = Store::new();
+    let (tally, versions) = together(THREADS as usize, |_| {
+        let mut tally = Tally::default();
+        // The version each of this thread's commits wrote.
+        let mut versions = Vec::new();
+        for _ in 0..INCREMENTS {
+            loop {
+                let mut v = store.usevar("counter").unwrap();
+                v.set(v.value().unwrap_or(&0) + 1);
+                if tally.record(v.commit()) {
+                    versions.push(v.version());
+                    break;
                 }
-                (tally, versions)
-            })
-        })
-        .collect();
-    let (tally, versions) = join_all(threads);
+            }
+        }
+        (tally, versions)
+    });
     assert_eq!(tally.commits, THREADS * INCREMENTS);
     let counter = store.usevar("counter").unwrap();
     assert_eq!(counter.value(), Some(&(THREADS * INCREMENTS)), "{tally:?}");
@@ -100,38 +107,30 @@ fn lost_update_multi_key_counters() {
     // write shows as a counter behind the number of commits, or as the two counters apart.
     const THREADS: u64 = 4;
     const INCREMENTS: u64 = 500 * SCALE;
-    let store: Arc<Store<&str, u64>> = Arc::new(Store::new());
-    let start = Arc::new(Barrier::new(THREADS as usize));
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (store, start) = (store.clone(), start.clone());
-            thread::spawn(move || {
-                let mut tally = Tally::default();
-                let mut versions = Vec::new();
-                start.wait();
-                for i in 0..INCREMENTS {
-                    loop {
-                        let mut c = store.using(["a", "b"]).unwrap();
-                        let (a, b) = (c["a"].value().copied(), c["b"].value().copied());
-                        assert_eq!(a, b, "a snapshot saw the counters apart");
-                        c["a"].set(a.unwrap_or(0) + 1);
-                        c["b"].set(b.unwrap_or(0) + 1);
-                        let result = if (t + i) % 2 == 0 {
-                            c.commit()
-                        } else {
-                            store.set_values(&mut c)
-                        };
-                        if tally.record(result) {
-                            versions.push((c["a"].version(), c["b"].version()));
-                            break;
-                        }
-                    }
+    let store: Store<&str, u64> = Store::new();
+    let (tally, versions) = together(THREADS as usize, |t| {
+        let mut tally = Tally::default();
+        let mut versions = Vec::new();
+        for i in 0..INCREMENTS as usize {
+            loop {
+                let mut c = store.using(["a", "b"]).unwrap();
+                let (a, b) = (c["a"].value().copied(), c["b"].value().copied());
+                assert_eq!(a, b, "a snapshot saw the counters apart");
+                c["a"].set(a.unwrap_or(0) + 1);
+                c["b"].set(b.unwrap_or(0) + 1);
+                let result = if (t + i) % 2 == 0 {
+                    c.commit()
+                } else {
+                    store.set_values(&mut c)
+                };
+                if tally.record(result) {
+                    versions.push((c["a"].version(), c["b"].version()));
+                    break;
                 }
-                (tally, versions)
-            })
-        })
-        .collect();
-    let (tally, versions) = join_all(threads);
+            }
+        }
+        (tally, versions)
+    });
     let n = THREADS * INCREMENTS;
     assert_eq!(tally.commits, n);
     assert_eq!(
@@ -151,48 +150,11 @@ fn bank_transfers_conserve_money_in_every_snapshot() {
     const TOTAL: i64 = START * ACCOUNTS as i64;
     const MOVERS: u64 = 3;
     const TRANSFERS: u64 = 1_200 * SCALE;
-    let store: Arc<Store<u64, i64>> = Arc::new(Store::new());
+    let store: Store<u64, i64> = Store::new();
     let mut all = store.using(0..ACCOUNTS).unwrap();
     all.values_mut().for_each(|v| v.set(START));
     all.commit().unwrap();
     drop(all);
-
-    // Movers, plus one auditor on `using` and one on `dump`.
-    let start = Arc::new(Barrier::new(MOVERS as usize + 2));
-    let moving = Arc::new(AtomicUsize::new(MOVERS as usize));
-    let movers: Vec<_> = (0..MOVERS)
-        .map(|t| {
-            let (store, start, moving) = (store.clone(), start.clone(), moving.clone());
-            thread::spawn(move || {
-                let mut rng = XorShift::new(t + 1);
-                let mut tally = Tally::default();
-                start.wait();
-                for _ in 0..TRANSFERS {
-                    let (from, to) = rng.pair(ACCOUNTS);
-                    let amount = 1 + rng.below(50) as i64;
-                    // Sometimes also read a third account, only validated: exercises read-only
-                    // claims among the writes.
-                    let witness = (rng.below(4) == 0).then(|| rng.below(ACCOUNTS));
-                    loop {
-                        let mut c = store.using([from, to].into_iter().chain(witness)).unwrap();
-                        let (f, g) = (*c[&from].value().unwrap(), *c[&to].value().unwrap());
-                        c[&from].set(f - amount);
-                        c[&to].set(g + amount);
-                        let result = if rng.below(2) == 0 {
-                            c.commit()
-                        } else {
-                            store.set_values(&mut c)
-                        };
-                        if tally.record(result) {
-                            break;
-                        }
-                    }
-                }
-                moving.fetch_sub(1, Ordering::SeqCst);
-                (tally, ())
-            })
-        })
-        .collect();
 
     // Each auditor: the total holds in every snapshot, and per key, versions never go back
     // between one snapshot and the next.
@@ -209,45 +171,57 @@ fn bank_transfers_conserve_money_in_every_snapshot() {
             *last = *version;
         }
     };
-    let using_auditor = {
-        let (store, start, moving) = (store.clone(), start.clone(), moving.clone());
-        thread::spawn(move || {
-            let mut last = vec![0; ACCOUNTS as usize];
-            let mut snapshots = 0u64;
-            start.wait();
-            while moving.load(Ordering::SeqCst) > 0 || snapshots == 0 {
-                let c = store.using(0..ACCOUNTS).unwrap();
-                let snapshot: Vec<_> = c
-                    .iter()
-                    .map(|(k, v)| (*k, v.version(), *v.value().unwrap()))
-                    .collect();
-                audit(&snapshot, &mut last);
-                snapshots += 1;
-            }
-            snapshots
-        })
+    let snapshot = |by_dump: bool| -> Vec<(u64, u64, i64)> {
+        if by_dump {
+            let dump = store.dump().into_iter();
+            dump.map(|(k, v, x)| (k, v, x.unwrap())).collect()
+        } else {
+            let c = store.using(0..ACCOUNTS).unwrap();
+            c.iter()
+                .map(|(k, v)| (*k, v.version(), *v.value().unwrap()))
+                .collect()
+        }
     };
-    let dump_auditor = {
-        let (store, start, moving) = (store.clone(), start.clone(), moving.clone());
-        thread::spawn(move || {
-            let mut last = vec![0; ACCOUNTS as usize];
-            let mut snapshots = 0u64;
-            start.wait();
-            while moving.load(Ordering::SeqCst) > 0 || snapshots == 0 {
-                let snapshot: Vec<_> = store
-                    .dump()
-                    .into_iter()
-                    .map(|(k, v, x)| (k, v, x.unwrap()))
-                    .collect();
-                audit(&snapshot, &mut last);
-                snapshots += 1;
+
+    // Movers, then one auditor on `using` and one on `dump`; each returns its snapshot count.
+    let moving = AtomicUsize::new(MOVERS as usize);
+    let (tally, snapshot_counts) = together(MOVERS as usize + 2, |t| {
+        let mut tally = Tally::default();
+        let Some(mover) = (t < MOVERS as usize).then_some(t as u64) else {
+            let by_dump = t > MOVERS as usize;
+            let (mut last, mut count) = (vec![0; ACCOUNTS as usize], 0u64);
+            while moving.load(Ordering::SeqCst) > 0 || count == 0 {
+                audit(&snapshot(by_dump), &mut last);
+                count += 1;
             }
-            snapshots
-        })
-    };
-    let (tally, _) = join_all(movers);
-    assert!(using_auditor.join().unwrap() > 0);
-    assert!(dump_auditor.join().unwrap() > 0);
+            return (tally, count);
+        };
+        let mut rng = XorShift::new(mover + 1);
+        for _ in 0..TRANSFERS {
+            let (from, to) = rng.pair(ACCOUNTS);
+            let amount = 1 + rng.below(50) as i64;
+            // Sometimes also read a third account, only validated: exercises read-only
+            // claims among the writes.
+            let witness = (rng.below(4) == 0).then(|| rng.below(ACCOUNTS));
+            loop {
+                let mut c = store.using([from, to].into_iter().chain(witness)).unwrap();
+                let (f, g) = (*c[&from].value().unwrap(), *c[&to].value().unwrap());
+                c[&from].set(f - amount);
+                c[&to].set(g + amount);
+                let result = if rng.below(2) == 0 {
+                    c.commit()
+                } else {
+                    store.set_values(&mut c)
+                };
+                if tally.record(result) {
+                    break;
+                }
+            }
+        }
+        moving.fetch_sub(1, Ordering::SeqCst);
+        (tally, 0)
+    });
+    assert!(snapshot_counts[MOVERS as usize..].iter().all(|&n| n > 0));
 
     assert_eq!(tally.commits, MOVERS * TRANSFERS);
     let end = store.dump();
@@ -265,7 +239,7 @@ fn write_skew_never_happens() {
     // one's write and stays on call; so exactly one commit lands, and one doctor stays on call.
     // A commit that does not validate its read-only key lets both land: write skew.
     const ROUNDS: u32 = 300 * SCALE as u32;
-    let store: Arc<Store<(u32, u8), u8>> = Arc::new(Store::new());
+    let store: Store<(u32, u8), u8> = Store::new();
     let mut setup = store
         .using((0..ROUNDS).flat_map(|r| [(r, 0), (r, 1)]))
         .unwrap();
@@ -273,27 +247,21 @@ fn write_skew_never_happens() {
     setup.commit().unwrap();
     drop(setup);
 
-    let read_done = Arc::new(Barrier::new(2));
-    let doctors: Vec<_> = (0..2u8)
-        .map(|me| {
-            let (store, read_done) = (store.clone(), read_done.clone());
-            thread::spawn(move || {
-                let mut tally = Tally::default();
-                let mut landed = Vec::new();
-                for r in 0..ROUNDS {
-                    let mut c = store.using([(r, 0), (r, 1)]).unwrap();
-                    let on_call: u8 = c.iter().map(|(_, v)| *v.value().unwrap()).sum();
-                    // Round r's keys are written only after both threads read them.
-                    assert_eq!(on_call, 2, "round {r}");
-                    read_done.wait();
-                    c[&(r, me)].set(0);
-                    landed.push(tally.record(c.commit()));
-                }
-                (tally, landed)
-            })
-        })
-        .collect();
-    let (_, landed) = join_all(doctors);
+    let read_done = Barrier::new(2);
+    let (_, landed) = together(2, |me| {
+        let mut tally = Tally::default();
+        let mut landed = Vec::new();
+        for r in 0..ROUNDS {
+            let mut c = store.using([(r, 0), (r, 1)]).unwrap();
+            let on_call: u8 = c.iter().map(|(_, v)| *v.value().unwrap()).sum();
+            // Round r's keys are written only after both threads read them.
+            assert_eq!(on_call, 2, "round {r}");
+            read_done.wait();
+            c[&(r, me as u8)].set(0);
+            landed.push(tally.record(c.commit()));
+        }
+        (tally, landed)
+    });
     for (r, (first, second)) in landed[0].iter().zip(&landed[1]).enumerate() {
         assert!(!(first & second), "round {r}: both took their doctor off");
         assert!(
@@ -317,39 +285,32 @@ fn disjoint_keys_never_conflict() {
     // fail another's, with single-key and multi-key commits and snapshots all running.
     const THREADS: u32 = 4;
     const OPS: i64 = 600 * SCALE as i64;
-    let store: Arc<Store<(u32, u8), i64>> = Arc::new(Store::new());
-    let start = Arc::new(Barrier::new(THREADS as usize));
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (store, start) = (store.clone(), start.clone());
-            thread::spawn(move || {
-                let mut tally = Tally::default();
-                start.wait();
-                for i in 1..=OPS {
-                    let mut single = store.usevar((t, 0)).unwrap();
-                    single.set(i);
-                    assert!(tally.record(single.commit()), "single-key commit failed");
-                    let mut pair = store.using([(t, 1), (t, 2)]).unwrap();
-                    pair.values_mut().for_each(|v| v.set(-i));
-                    assert!(tally.record(pair.commit()), "multi-key commit failed");
-                    // Read-only: validates, and must hold too.
-                    let mut all = store.using([(t, 0), (t, 1), (t, 2)]).unwrap();
-                    let seen: Vec<_> = all
-                        .iter()
-                        .map(|(_, v)| (v.version(), v.value().copied()))
-                        .collect();
-                    let version = i as u64;
-                    assert_eq!(
-                        seen,
-                        [(version, Some(i)), (version, Some(-i)), (version, Some(-i))]
-                    );
-                    assert!(tally.record(all.commit()), "read-only commit failed");
-                }
-                (tally, ())
-            })
-        })
-        .collect();
-    let (tally, _) = join_all(threads);
+    let store: Store<(u32, u8), i64> = Store::new();
+    let (tally, _) = together(THREADS as usize, |t| {
+        let t = t as u32;
+        let mut tally = Tally::default();
+        for i in 1..=OPS {
+            let mut single = store.usevar((t, 0)).unwrap();
+            single.set(i);
+            assert!(tally.record(single.commit()), "single-key commit failed");
+            let mut pair = store.using([(t, 1), (t, 2)]).unwrap();
+            pair.values_mut().for_each(|v| v.set(-i));
+            assert!(tally.record(pair.commit()), "multi-key commit failed");
+            // Read-only: validates, and must hold too.
+            let mut all = store.using([(t, 0), (t, 1), (t, 2)]).unwrap();
+            let seen: Vec<_> = all
+                .iter()
+                .map(|(_, v)| (v.version(), v.value().copied()))
+                .collect();
+            let version = i as u64;
+            assert_eq!(
+                seen,
+                [(version, Some(i)), (version, Some(-i)), (version, Some(-i))]
+            );
+            assert!(tally.record(all.commit()), "read-only commit failed");
+        }
+        (tally, ())
+    });
     assert_eq!(tally.conflicts, 0);
     assert_eq!(tally.commits, THREADS as u64 * OPS as u64 * 3);
     let dump = store.dump();
@@ -368,57 +329,48 @@ fn dining_philosophers_share_forks_safely() {
     const PHILOSOPHERS: usize = 5;
     const MEALS: u64 = 40 * SCALE;
     const ATTEMPTS_PER_MEAL: u64 = 1_000_000;
-    let store: Arc<Store<usize, usize>> = Arc::new(Store::new());
+    let store: Store<usize, usize> = Store::new();
     store.using(0..PHILOSOPHERS).unwrap();
     // Philosophers eating with each fork right now: checked inside the critical section.
-    let eating: Arc<Vec<AtomicUsize>> =
-        Arc::new((0..PHILOSOPHERS).map(|_| AtomicUsize::new(0)).collect());
-    let start = Arc::new(Barrier::new(PHILOSOPHERS));
-    let philosophers: Vec<_> = (0..PHILOSOPHERS)
-        .map(|me| {
-            let (store, eating, start) = (store.clone(), eating.clone(), start.clone());
-            thread::spawn(move || {
-                let forks = [me, (me + 1) % PHILOSOPHERS];
-                let mut tally = Tally::default();
-                let mut meals = 0;
-                start.wait();
-                while meals < MEALS {
-                    let mut attempts = 0;
-                    let mut held = loop {
-                        attempts += 1;
-                        assert!(attempts <= ATTEMPTS_PER_MEAL, "philosopher {me} starved");
-                        let mut c = store.using(forks).unwrap();
-                        if c.iter().any(|(_, fork)| fork.value().is_some()) {
-                            thread::yield_now();
-                            continue;
-                        }
-                        c.values_mut().for_each(|fork| fork.set(me));
-                        if tally.record(c.commit()) {
-                            break c;
-                        }
-                    };
-                    for f in forks {
-                        let before = eating[f].fetch_add(1, Ordering::SeqCst);
-                        assert_eq!(before, 0, "fork {f} held by two philosophers");
-                    }
-                    let check = store.using(forks).unwrap();
-                    assert!(
-                        check.iter().all(|(_, fork)| fork.value() == Some(&me)),
-                        "philosopher {me} eats, but its forks show {check:?}"
-                    );
-                    meals += 1;
-                    for f in forks {
-                        eating[f].fetch_sub(1, Ordering::SeqCst);
-                    }
-                    // Nobody else may write a fork we hold, so putting them back cannot fail.
-                    held.values_mut().for_each(|fork| fork.clear());
-                    assert_eq!(held.commit(), Ok(()), "philosopher {me}: release failed");
+    let eating: Vec<AtomicUsize> = (0..PHILOSOPHERS).map(|_| AtomicUsize::new(0)).collect();
+    let (tally, meals) = together(PHILOSOPHERS, |me| {
+        let forks = [me, (me + 1) % PHILOSOPHERS];
+        let mut tally = Tally::default();
+        let mut meals = 0;
+        while meals < MEALS {
+            let mut attempts = 0;
+            let mut held = loop {
+                attempts += 1;
+                assert!(attempts <= ATTEMPTS_PER_MEAL, "philosopher {me} starved");
+                let mut c = store.using(forks).unwrap();
+                if c.iter().any(|(_, fork)| fork.value().is_some()) {
+                    thread::yield_now();
+                    continue;
                 }
-                (tally, meals)
-            })
-        })
-        .collect();
-    let (tally, meals) = join_all(philosophers);
+                c.values_mut().for_each(|fork| fork.set(me));
+                if tally.record(c.commit()) {
+                    break c;
+                }
+            };
+            for f in forks {
+                let before = eating[f].fetch_add(1, Ordering::SeqCst);
+                assert_eq!(before, 0, "fork {f} held by two philosophers");
+            }
+            let check = store.using(forks).unwrap();
+            assert!(
+                check.iter().all(|(_, fork)| fork.value() == Some(&me)),
+                "philosopher {me} eats, but its forks show {check:?}"
+            );
+            meals += 1;
+            for f in forks {
+                eating[f].fetch_sub(1, Ordering::SeqCst);
+            }
+            // Nobody else may write a fork we hold, so putting them back cannot fail.
+            held.values_mut().for_each(|fork| fork.clear());
+            assert_eq!(held.commit(), Ok(()), "philosopher {me}: release failed");
+        }
+        (tally, meals)
+    });
     assert!(meals.iter().all(|&m| m == MEALS), "{meals:?}");
     // Every fork is free, and was written twice (take, put back) per meal of its two users.
     let dump = store.dump();
