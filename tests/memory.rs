@@ -270,15 +270,20 @@ fn everything_is_freed_after_stalled_commits() {
     assert_eq!(counts.live(), 0);
 }
 
+/// A store whose keys 0 and 1 hold values tagged 1 and 2, at version 1.
+fn keys_0_and_1_tagged_1_and_2(counts: &Arc<Counts>) -> TrackedStore {
+    let store: TrackedStore = Store::new();
+    let mut c = store.using([0, 1]).unwrap();
+    c[&0].set(Tracked::new(counts, 1, 0));
+    c[&1].set(Tracked::new(counts, 2, 0));
+    c.commit().unwrap();
+    store
+}
+
 #[test]
 fn a_panic_between_read_and_commit_leaves_nothing_claimed() {
     let counts = Counts::new();
-    let store: TrackedStore = Store::new();
-    let mut c = store.using([0, 1]).unwrap();
-    c[&0].set(Tracked::new(&counts, 1, 0));
-    c[&1].set(Tracked::new(&counts, 2, 0));
-    c.commit().unwrap();
-    drop(c);
+    let store = keys_0_and_1_tagged_1_and_2(&counts);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let mut c = store.using([0, 1]).unwrap();
         c[&0].set(Tracked::new(&counts, 3, 0));
@@ -308,12 +313,7 @@ fn a_panic_between_read_and_commit_leaves_nothing_claimed() {
 #[test]
 fn a_panic_while_a_commit_is_stalled_leaves_nothing_claimed() {
     let counts = Counts::new();
-    let store: TrackedStore = Store::new();
-    let mut c = store.using([0, 1]).unwrap();
-    c[&0].set(Tracked::new(&counts, 1, 0));
-    c[&1].set(Tracked::new(&counts, 2, 0));
-    c.commit().unwrap();
-    drop(c);
+    let store = keys_0_and_1_tagged_1_and_2(&counts);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let mut c = store.using([0, 1]).unwrap();
         c[&0].set(Tracked::new(&counts, 3, 0));
