@@ -6,10 +6,14 @@
 //! and the example prints the throughput ratio measured in this run.
 //!
 //! ```text
-//! cargo run --release --example bank -- [--threads 4] [--auditors 1] [--accounts 64] [--seconds 2]
+//! cargo run --release --example bank -- [--threads 4] [--auditors 1] [--accounts 64] [--seconds 2] [--floor]
 //! ```
 //!
 //! Exits non-zero if any snapshot, or the end state, shows a different total.
+//!
+//! `--floor` also runs the *floor*: each account its own `ArcSwap`, a transfer two independent
+//! compare-and-swap loops (not atomic, no index, no handles). No store built on one `ArcSwap`
+//! per key can do less work per transfer, so its rate bounds what such a store can reach here.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -27,6 +31,7 @@ struct Config {
     auditors: usize,
     accounts: u64,
     seconds: f64,
+    floor: bool,
 }
 
 /// What a bank needs from a store: a consistent read of some accounts, and an atomic commit
@@ -118,6 +123,42 @@ impl Bank for MutexBank {
 
     fn name(&self) -> &'static str {
         "mutex"
+    }
+}
+
+/// The floor: one `ArcSwap` per account, and a transfer is two compare-and-swap loops, one per
+/// account. Money is conserved, but the pair is not atomic and audits are not consistent (so
+/// they are not checked): it is a bound on cost, not a store.
+struct FloorBank(Vec<arc_swap::ArcSwap<(u64, i64)>>);
+
+impl FloorBank {
+    fn add(&self, account: u64, delta: i64) {
+        let slot = &self.0[account as usize];
+        loop {
+            let current = slot.load();
+            let next = Arc::new((current.0 + 1, current.1 + delta));
+            if Arc::ptr_eq(&slot.compare_and_swap(&current, next), &current) {
+                return;
+            }
+        }
+    }
+}
+
+impl Bank for FloorBank {
+    fn transfer(&self, from: u64, to: u64, amount: i64) -> Attempt {
+        if self.0[from as usize].load().1 >= amount {
+            self.add(from, -amount);
+            self.add(to, amount);
+        }
+        Attempt::Committed
+    }
+
+    fn audit(&self, accounts: u64) -> i64 {
+        (0..accounts).map(|k| self.0[k as usize].load().1).sum()
+    }
+
+    fn name(&self) -> &'static str {
+        "floor"
     }
 }
 
@@ -215,7 +256,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(message) => {
             eprintln!(
-                "{message}\nusage: bank [--threads N] [--auditors N] [--accounts N] [--seconds S]"
+                "{message}\nusage: bank [--threads N] [--auditors N] [--accounts N] [--seconds S] [--floor]"
             );
             return ExitCode::from(2);
         }
@@ -250,6 +291,18 @@ fn main() -> ExitCode {
         "throughput ratio (stm-store / mutex): {:.2}x",
         our_rate / mutex_rate
     );
+    if config.floor {
+        let accounts =
+            (0..config.accounts).map(|_| arc_swap::ArcSwap::from_pointee((1, START_BALANCE)));
+        let floor = Arc::new(FloorBank(accounts.collect()));
+        let (bare, elapsed) = run(floor.clone(), &config);
+        let floor_rate = report(floor.name(), &bare, elapsed);
+        println!(
+            "floor (two bare per-key CASes, not atomic) / mutex: {:.2}x; stm-store / floor: {:.2}x",
+            floor_rate / mutex_rate,
+            our_rate / floor_rate
+        );
+    }
     let conserved = ours.bad_audits == 0 && end_total == expected;
     println!(
         "audits: {} snapshots, {} with a wrong total; end total {} (expected {})",
@@ -272,9 +325,14 @@ fn parse_args() -> Result<Config, String> {
         auditors: 1,
         accounts: 64,
         seconds: 2.0,
+        floor: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--floor" {
+            config.floor = true;
+            continue;
+        }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         let bad = || format!("{flag}: not a valid number: {value}");
         match flag.as_str() {
