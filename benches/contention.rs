@@ -228,13 +228,9 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default().without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = read_mostly, transfer, hot_key, snapshot
 }
 criterion_main!(benches);

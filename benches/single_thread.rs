@@ -110,13 +110,9 @@ fn store_size(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default().without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = commit_k, store_size
 }
 criterion_main!(benches);

@@ -312,13 +312,9 @@ fn thread_count(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default().without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = thread_count
 }
 criterion_main!(benches);

@@ -664,7 +664,7 @@ fn p9_old_values_are_freed_and_nothing_leaks() {
     let c = store.using(["a", "b"]).unwrap();
     drop(store);
     drop(c);
-    assert_eq!(counts.live(), 0);
+    counts.assert_all_dropped();
     assert_eq!(counts.created(), counts.dropped());
 }
 

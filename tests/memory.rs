@@ -97,13 +97,7 @@ fn everything_is_freed_after_a_single_threaded_workload() {
     // transient state of its last commit (one more value per key).
     assert_at_most_transient(&counts, &store, 4);
     drop(store);
-    assert_eq!(
-        counts.live(),
-        0,
-        "created {}, dropped {}",
-        counts.created(),
-        counts.dropped()
-    );
+    counts.assert_all_dropped();
 }
 
 #[test]
@@ -158,7 +152,7 @@ fn an_old_value_is_freed_no_later_than_the_next_write() {
     assert_eq!(counts.live_tag(2_000), 0);
     assert_at_most_transient(&counts, &store, 2);
     drop(store);
-    assert_eq!(counts.live(), 0);
+    counts.assert_all_dropped();
 }
 
 #[test]
@@ -216,13 +210,7 @@ fn everything_is_freed_after_contended_commits_and_snapshots() {
     assert_at_most_transient(&counts, &store, KEYS);
     assert_older_values_freed_by_two_writes(&counts, &store, KEYS, u64::MAX - 1);
     drop(store);
-    assert_eq!(
-        counts.live(),
-        0,
-        "created {}, dropped {}",
-        counts.created(),
-        counts.dropped()
-    );
+    counts.assert_all_dropped();
 }
 
 #[cfg(feature = "test-hooks")]
@@ -267,7 +255,7 @@ fn everything_is_freed_after_stalled_commits() {
     }
     assert_older_values_freed_by_two_writes(&counts, &store, 3, 1_000);
     drop(store);
-    assert_eq!(counts.live(), 0);
+    counts.assert_all_dropped();
 }
 
 /// A store whose keys 0 and 1 hold values tagged 1 and 2, at version 1.
@@ -306,7 +294,7 @@ fn a_panic_between_read_and_commit_leaves_nothing_claimed() {
     drop((v, c));
     assert_eq!(tags(&store, [0, 1]), [Some(4), Some(5)]);
     drop(store);
-    assert_eq!(counts.live(), 0);
+    counts.assert_all_dropped();
 }
 
 #[cfg(feature = "test-hooks")]
@@ -333,7 +321,7 @@ fn a_panic_while_a_commit_is_stalled_leaves_nothing_claimed() {
     drop(c);
     assert_eq!(counts.live_tag(3), 0);
     drop(store);
-    assert_eq!(counts.live(), 0);
+    counts.assert_all_dropped();
 }
 
 /// A value whose `Drop` panics if its fuse was lit (a value of its own, so that at most one
@@ -445,13 +433,7 @@ fn a_panicking_drop_during_a_commit_leaves_the_store_consistent() {
             let (v0, v1) = (expected[0].0, expected[1].0);
             assert_eq!(state(), [(v0 + 2, Some(21)), (v1 + 1, Some(21))]);
             drop(store);
-            assert_eq!(
-                counts.live(),
-                0,
-                "created {}, dropped {}",
-                counts.created(),
-                counts.dropped()
-            );
+            counts.assert_all_dropped();
         }
     }
 }

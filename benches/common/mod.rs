@@ -535,6 +535,12 @@ impl Kv for Floor {
 // ---------------------------------------------------------------------------------------------
 // Driver.
 
+/// The criterion configuration every benchmark binary uses (no plots: the tables come from
+/// `benches/report.py`).
+pub fn config() -> criterion::Criterion {
+    criterion::Criterion::default().without_plots()
+}
+
 /// Whether criterion runs in test mode (`cargo test --benches`, `cargo bench -- --test`): then
 /// every benchmark runs once, and the benchmarks keep their setup small.
 pub fn test_mode() -> bool {

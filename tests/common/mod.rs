@@ -73,6 +73,18 @@ impl Counts {
         self.created() - self.dropped()
     }
 
+    /// Asserts that every value ever created has been dropped (nothing leaked).
+    #[track_caller]
+    pub fn assert_all_dropped(&self) {
+        assert_eq!(
+            self.live(),
+            0,
+            "created {}, dropped {}",
+            self.created(),
+            self.dropped()
+        );
+    }
+
     /// Live copies of the value(s) tagged `tag`.
     pub fn live_tag(&self, tag: u64) -> isize {
         self.live
