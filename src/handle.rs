@@ -1,7 +1,7 @@
 use crate::order;
-use crate::primitive::{Arc, IdCounter};
+use crate::primitive::IdCounter;
 use crate::protocol::{self, Part};
-use crate::record::{Rec, Slot};
+use crate::slot::{Record, Slot};
 use crate::Error;
 use std::borrow::Borrow;
 use std::fmt;
@@ -17,11 +17,10 @@ impl StoreId {
     }
 }
 
-/// One key read from a [`Store`](crate::Store): its version and value as read, and a pending
-/// change made with [`set`](Value::set) or [`clear`](Value::clear).
+/// One key read from a [`Store`](crate::Store): its version and a copy of its value as read,
+/// and a pending change made with [`set`](Value::set) or [`clear`](Value::clear).
 ///
-/// The handle keeps its key's slot, so it always commits to the store it came from, even if it
-/// outlives that store (then nobody can observe the result).
+/// The handle borrows its store (it cannot outlive it) and always commits to it.
 ///
 /// ```
 /// let store = stm_store::Store::new();
@@ -34,19 +33,25 @@ impl StoreId {
 /// assert_eq!(greeting.version(), 2);
 /// # Ok::<(), stm_store::Error>(())
 /// ```
-pub struct Value<K, V> {
+pub struct Value<'s, K, V> {
     store: StoreId,
-    slot: Arc<Slot<K, V>>,
-    read: Rec<K, V>,
-    pending: Option<Rec<K, V>>,
+    slot: &'s Slot<K, V>,
+    version: u64,
+    value: Option<V>,
+    /// The value to write at the next commit (`Some(None)`: "no value").
+    pending: Option<Option<V>>,
 }
 
-impl<K, V> Value<K, V> {
-    pub(crate) fn new(store: StoreId, slot: Arc<Slot<K, V>>, read: Rec<K, V>) -> Self {
+impl<'s, K, V> Value<'s, K, V> {
+    pub(crate) fn new(store: StoreId, slot: &'s Slot<K, V>, read: Option<&Record<V>>) -> Self
+    where
+        V: Clone,
+    {
         Self {
             store,
             slot,
-            read,
+            version: read.map_or(0, |record| record.version),
+            value: read.and_then(|record| record.value.clone()),
             pending: None,
         }
     }
@@ -63,18 +68,18 @@ impl<K, V> Value<K, V> {
     /// The version read (0 for a key never written); after a successful commit that wrote this
     /// handle, the version it wrote.
     pub fn version(&self) -> u64 {
-        self.read.version()
+        self.version
     }
 
     /// The pending value after [`set`](Value::set) or [`clear`](Value::clear); otherwise the
     /// value read. `None` means "no value".
     pub fn value(&self) -> Option<&V> {
-        self.pending.as_ref().unwrap_or(&self.read).value()
+        self.pending.as_ref().unwrap_or(&self.value).as_ref()
     }
 
     /// Sets the value to write at the next commit.
     pub fn set(&mut self, value: V) {
-        self.pending = Some(Rec::new(self.read.version() + 1, Some(value)));
+        self.pending = Some(Some(value));
     }
 
     /// Sets "no value" as the value to write at the next commit (a write, not an undo).
@@ -90,7 +95,7 @@ impl<K, V> Value<K, V> {
     /// # Ok::<(), stm_store::Error>(())
     /// ```
     pub fn clear(&mut self) {
-        self.pending = Some(Rec::new(self.read.version() + 1, None));
+        self.pending = Some(None);
     }
 
     /// Commits this handle: writes the pending value with version = read version + 1, or, if
@@ -100,17 +105,19 @@ impl<K, V> Value<K, V> {
     ///
     /// [`Error::ConcurrentUpdate`] if the key was committed by someone else since it was read;
     /// then nothing was written and the handle is unchanged.
-    pub fn commit(&mut self) -> Result<(), Error> {
-        let replaced = protocol::commit(&[self.part()])?;
+    pub fn commit(&mut self) -> Result<(), Error>
+    where
+        V: Clone,
+    {
+        protocol::commit(std::iter::once(self.part()))?;
         self.committed();
-        drop(replaced);
         Ok(())
     }
 
-    fn part(&self) -> Part<'_, K, V> {
+    fn part(&self) -> Part<'_, 's, K, V> {
         Part {
-            slot: &self.slot,
-            version: self.read.version(),
+            slot: self.slot,
+            version: self.version,
             write: self.pending.as_ref(),
         }
     }
@@ -118,12 +125,13 @@ impl<K, V> Value<K, V> {
     /// After a successful commit: the written value becomes the read one.
     fn committed(&mut self) {
         if let Some(written) = self.pending.take() {
-            self.read = written;
+            self.version += 1;
+            self.value = written;
         }
     }
 }
 
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Value<K, V> {
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Value<'_, K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Value")
             .field("key", self.key())
@@ -152,28 +160,27 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Value<K, V> {
 /// assert!(c.get("z").is_none());
 /// # Ok::<(), stm_store::Error>(())
 /// ```
-pub struct Collection<K, V> {
-    store: StoreId,
+pub struct Collection<'s, K, V> {
     /// Sorted by key.
-    values: Vec<Value<K, V>>,
+    values: Vec<Value<'s, K, V>>,
 }
 
-impl<K, V> Collection<K, V> {
-    pub(crate) fn new(store: StoreId, mut values: Vec<Value<K, V>>) -> Self
+impl<'s, K, V> Collection<'s, K, V> {
+    pub(crate) fn new(mut values: Vec<Value<'s, K, V>>) -> Self
     where
         K: Ord,
     {
         order::sort_by(&mut values, |a, b| a.key().cmp(b.key()));
-        Self { store, values }
+        Self { values }
     }
 
     /// Whether every handle in it came from `store` (only `std::mem::swap` can mix them).
     pub(crate) fn all_from(&self, store: StoreId) -> bool {
-        self.store == store && self.values.iter().all(|value| value.store == store)
+        self.values.iter().all(|value| value.store == store)
     }
 
     /// The handle of `key`, if the collection has it.
-    pub fn get<Q>(&self, key: &Q) -> Option<&Value<K, V>>
+    pub fn get<Q>(&self, key: &Q) -> Option<&Value<'s, K, V>>
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
@@ -182,7 +189,7 @@ impl<K, V> Collection<K, V> {
     }
 
     /// The handle of `key`, mutably, if the collection has it.
-    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut Value<K, V>>
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut Value<'s, K, V>>
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
@@ -206,12 +213,12 @@ impl<K, V> Collection<K, V> {
     }
 
     /// The keys and their handles, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &Value<K, V>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &Value<'s, K, V>)> {
         self.values.iter().map(|value| (value.key(), value))
     }
 
     /// The handles, mutably, in key order.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Value<K, V>> {
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Value<'s, K, V>> {
         self.values.iter_mut()
     }
 
@@ -223,12 +230,29 @@ impl<K, V> Collection<K, V> {
     ///
     /// [`Error::ConcurrentUpdate`] if any key was committed by someone else since it was read;
     /// then nothing was written and every handle is unchanged.
-    pub fn commit(&mut self) -> Result<(), Error> {
-        let parts: Vec<_> = self.values.iter().map(Value::part).collect();
-        let replaced = protocol::commit(&parts)?;
+    ///
+    /// # Panics
+    ///
+    /// If the collection holds handles of two stores, or two handles of one key (only
+    /// `std::mem::swap` between collections can make either).
+    #[track_caller]
+    pub fn commit(&mut self) -> Result<(), Error>
+    where
+        V: Clone,
+    {
+        self.check_one_store();
+        protocol::commit(self.values.iter().map(Value::part))?;
         self.committed();
-        drop(replaced);
         Ok(())
+    }
+
+    #[track_caller]
+    fn check_one_store(&self) {
+        let one = self.values.windows(2).all(|w| w[0].store == w[1].store);
+        assert!(
+            one,
+            "Collection::commit: this collection holds handles of different stores (moved in with std::mem::swap); commit each store's handles separately"
+        );
     }
 
     fn committed(&mut self) {
@@ -259,10 +283,12 @@ impl<K, V> Collection<K, V> {
     /// stops there, as a committer stalled mid-commit would. For tests of the protocol's
     /// progress guarantee; other threads may finish (help) the commit meanwhile.
     #[cfg(any(loom, feature = "test-hooks"))]
-    pub fn commit_paused(&mut self, claims: usize) -> Paused<'_, K, V> {
-        let parts: Vec<_> = self.values.iter().map(Value::part).collect();
-        let mut commit = protocol::Commit::new(protocol::entries(&parts));
-        commit.claim_first(claims);
+    pub fn commit_paused(&mut self, claims: usize) -> Paused<'_, 's, K, V>
+    where
+        V: Clone,
+    {
+        self.check_one_store();
+        let commit = protocol::Paused::new(self.values.iter().map(Value::part), claims);
         Paused {
             commit,
             collection: self,
@@ -271,44 +297,47 @@ impl<K, V> Collection<K, V> {
 }
 
 /// A commit stopped after claiming some keys (see [`Collection::commit_paused`]). Dropping it
-/// without resuming aborts the commit if nobody has decided it yet.
+/// without resuming aborts the commit if nobody has decided it yet; forgetting it
+/// (`mem::forget`) leaks its descriptor, and other threads can still finish it.
 #[cfg(any(loom, feature = "test-hooks"))]
-pub struct Paused<'a, K, V> {
-    commit: protocol::Commit<K, V>,
-    collection: &'a mut Collection<K, V>,
+pub struct Paused<'a, 's, K, V> {
+    commit: protocol::Paused<K, V>,
+    collection: &'a mut Collection<'s, K, V>,
 }
 
 #[cfg(any(loom, feature = "test-hooks"))]
-impl<K, V> Paused<'_, K, V> {
+impl<K, V> Paused<'_, '_, K, V> {
     /// Finishes the commit and reports it, as [`Collection::commit`] would have.
-    pub fn resume(mut self) -> Result<(), Error> {
-        self.commit.run()?;
+    pub fn resume(self) -> Result<(), Error> {
+        self.commit.resume()?;
         self.collection.committed();
         Ok(())
     }
 }
 
-impl<K, V, Q> std::ops::Index<&Q> for Collection<K, V>
+impl<'s, K, V, Q> std::ops::Index<&Q> for Collection<'s, K, V>
 where
     K: Borrow<Q>,
     Q: Ord + ?Sized,
 {
-    type Output = Value<K, V>;
+    type Output = Value<'s, K, V>;
 
     /// # Panics
     ///
     /// If `key` is not in the collection.
-    fn index(&self, key: &Q) -> &Value<K, V> {
+    #[track_caller]
+    fn index(&self, key: &Q) -> &Value<'s, K, V> {
         self.get(key).expect(NOT_IN_COLLECTION)
     }
 }
 
-impl<K, V, Q> std::ops::IndexMut<&Q> for Collection<K, V>
+impl<'s, K, V, Q> std::ops::IndexMut<&Q> for Collection<'s, K, V>
 where
     K: Borrow<Q>,
     Q: Ord + ?Sized,
 {
-    fn index_mut(&mut self, key: &Q) -> &mut Value<K, V> {
+    #[track_caller]
+    fn index_mut(&mut self, key: &Q) -> &mut Value<'s, K, V> {
         self.get_mut(key).expect(NOT_IN_COLLECTION)
     }
 }
@@ -316,7 +345,7 @@ where
 const NOT_IN_COLLECTION: &str =
     "key not in this Collection: index only by keys passed to `using` (or use `get`)";
 
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Collection<K, V> {
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Collection<'_, K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(&self.values).finish()
     }

@@ -32,7 +32,11 @@
 //!
 //! The [`docs`] module holds the long-form documentation: the protocol, and how this crate
 //! differs from Axon.STM.
-#![forbid(unsafe_code)]
+#![deny(
+    unsafe_code,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks
+)]
 #![warn(missing_docs)]
 
 pub mod docs;
@@ -41,7 +45,8 @@ mod handle;
 mod order;
 mod primitive;
 mod protocol;
-mod record;
+#[allow(unsafe_code)] // the one module with `unsafe`: every block says why it is sound
+mod slot;
 mod snapshot;
 mod store;
 
@@ -49,7 +54,7 @@ pub use error::Error;
 #[cfg(any(loom, feature = "test-hooks"))]
 pub use handle::Paused;
 pub use handle::{Collection, Value};
-pub use store::Store;
+pub use store::{DefaultHasher, Store};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

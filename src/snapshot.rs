@@ -3,57 +3,63 @@
 //! Double collect: read every record, then re-read every version. Versions only grow, so if
 //! nothing changed, every record was the committed one at the instant between the two passes.
 //! After a few failed passes (writers keep landing on these keys) the snapshot claims its keys
-//! instead, with read-only claims that accept whatever they find: once all are in place those
+//! instead, with snapshot claims that accept whatever they find: once all are in place those
 //! keys cannot change, so it cannot fail either, and no snapshot ever answers `BusyRetry`.
 
-use crate::primitive::Arc;
-use crate::primitive::AtomicArcOption;
-use crate::protocol::Commit;
-use crate::record::{Entry, Expect, Rec, Slot};
+use crate::primitive::Guard;
+use crate::protocol::{drive, outcome};
+use crate::slot::{EntryInit, Kind, Owner, Record, Slot};
 
 /// How many double collects to try before claiming (one under loom: models reach the claiming
 /// snapshot with a single concurrent commit, within a small preemption bound).
 const COLLECTS: usize = if cfg!(loom) { 1 } else { 3 };
 
 /// The records of `slots` (distinct, in id order) at one instant during this call.
-pub(crate) fn read_all<K, V>(slots: &[Arc<Slot<K, V>>]) -> Vec<Rec<K, V>> {
+pub(crate) fn read_all<'g, K: 'g, V: 'g>(
+    pin: &'g Guard,
+    slots: &[&Slot<K, V>],
+) -> Vec<Option<&'g Record<V>>> {
     if let [slot] = slots {
-        return vec![slot.read()]; // one load is its own instant
+        return vec![slot.load(pin).logical()]; // one load is its own instant
     }
     for _ in 0..COLLECTS {
-        let records: Vec<_> = slots.iter().map(|slot| slot.read()).collect();
-        if cfg!(stm_mutation = "single_collect") || unchanged(slots, &records) {
+        let records: Vec<_> = slots.iter().map(|slot| slot.load(pin).logical()).collect();
+        let unchanged = slots
+            .iter()
+            .zip(&records)
+            .all(|(slot, record)| slot.load(pin).version() == version(*record));
+        if unchanged || cfg!(stm_mutation = "single_collect") {
             return records;
         }
     }
-    claim_all(slots)
+    claim_all(pin, slots)
 }
 
-fn unchanged<K, V>(slots: &[Arc<Slot<K, V>>], records: &[Rec<K, V>]) -> bool {
-    slots
-        .iter()
-        .zip(records)
-        .all(|(slot, record)| slot.version() == record.version())
+pub(crate) fn version<V>(record: Option<&Record<V>>) -> u64 {
+    record.map_or(0, |record| record.version)
 }
 
-/// The claiming snapshot: the records its claims held, all at the instant it was decided.
-fn claim_all<K, V>(slots: &[Arc<Slot<K, V>>]) -> Vec<Rec<K, V>> {
-    let entries = slots
-        .iter()
-        .map(|slot| Entry::new(slot, Expect::Any(AtomicArcOption::new(None)), None))
-        .collect();
-    let mut commit = Commit::new(entries);
-    commit
-        .run()
-        .expect("a snapshot's claims accept any version, so it always commits");
-    let tombstone = Rec::new(0, None);
-    commit
+/// The claiming snapshot: the records its claims froze, all at the instant it was decided.
+fn claim_all<'g, K: 'g, V: 'g>(
+    pin: &'g Guard,
+    slots: &[&Slot<K, V>],
+) -> Vec<Option<&'g Record<V>>> {
+    let entries = slots.iter().map(|slot| EntryInit {
+        slot,
+        expect: 0,
+        after: None,
+    });
+    let owner = Owner::new(Kind::Snapshot, slots.len(), entries);
+    drive(pin, owner.claimer(), 0);
+    outcome(owner.txn()).expect("a snapshot accepts any version, so it always commits");
+    owner
+        .txn()
         .entries()
         .iter()
         .map(|entry| {
             entry
-                .take_found(&tombstone)
-                .expect("every claim of a committed snapshot noted its record")
+                .noted(pin)
+                .expect("the decider noted every claim's record")
         })
         .collect()
 }

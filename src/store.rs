@@ -1,13 +1,20 @@
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
 use crate::handle::{Collection, StoreId, Value};
-use crate::primitive::{Arc, Index};
-use crate::record::{Rec, Slot};
-use crate::{order, snapshot, Error};
+use crate::primitive::pin;
+use crate::slot::{OnceBox, Shelf, Slot, Table};
+use crate::snapshot::{self, version};
+use crate::{order, Error};
 
-/// A slot with the record it held at a snapshot's instant.
-type Keyed<K, V> = (Arc<Slot<K, V>>, Rec<K, V>);
+/// The hasher a store uses unless told otherwise: fast, and seeded per process.
+pub type DefaultHasher = foldhash::fast::RandomState;
+
+/// One row of [`Store::dump`]: key, version, value.
+type Row<K, V> = (K, u64, Option<V>);
+
+/// How many times `dump` lists the keys and reads them before it asks key creators for help.
+const DUMP_TRIES: usize = if cfg!(loom) { 1 } else { 4 };
 
 /// A store of versioned key-value pairs with optimistic, atomic multi-key commits.
 ///
@@ -15,6 +22,9 @@ type Keyed<K, V> = (Arc<Slot<K, V>>, Rec<K, V>);
 /// and commit: the commit lands atomically or fails with [`Error::ConcurrentUpdate`] (someone
 /// committed a key you read: re-read and redo). No lock is taken on the read or commit path;
 /// a thread stopped in the middle of a commit never holds anybody else up.
+///
+/// `S` is the key index's hasher ([`DefaultHasher`] unless you pass one to
+/// [`with_hasher`](Store::with_hasher)).
 ///
 /// ```
 /// use stm_store::Store;
@@ -27,27 +37,53 @@ type Keyed<K, V> = (Arc<Slot<K, V>>, Rec<K, V>);
 /// assert_eq!(store.dump(), vec![("greeting", 1, Some("hello"))]);
 /// # Ok::<(), stm_store::Error>(())
 /// ```
-pub struct Store<K, V> {
+pub struct Store<K, V, S = DefaultHasher> {
     id: StoreId,
-    index: Index<K, Slot<K, V>>,
+    table: Table<K, V, S>,
+    /// A `dump` that keeps being overtaken by new keys asks for help here (see `dump`).
+    dumps: Shelf<DumpRequest<K, V>>,
+}
+
+struct DumpRequest<K, V> {
+    rows: OnceBox<Vec<Row<K, V>>>,
 }
 
 impl<K, V> Store<K, V>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
-    V: Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     /// An empty store.
     pub fn new() -> Self {
+        Self::with_hasher(DefaultHasher::default())
+    }
+}
+
+impl<K, V, S> Store<K, V, S>
+where
+    K: Ord + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone,
+{
+    /// An empty store whose key index hashes with `hasher`.
+    ///
+    /// ```
+    /// let store: stm_store::Store<u64, u64, std::hash::RandomState> =
+    ///     stm_store::Store::with_hasher(std::hash::RandomState::new());
+    /// assert!(store.dump().is_empty());
+    /// ```
+    pub fn with_hasher(hasher: S) -> Self {
         Self {
             id: StoreId::new(),
-            index: Index::new(),
+            table: Table::with_hasher(hasher),
+            dumps: Shelf::new(),
         }
     }
 
     /// Reads one key into a handle, creating the key (version 0, no value) if it is new.
     ///
-    /// The read never waits for a commit in progress: it sees the last committed record.
+    /// The read never waits for a commit in progress: it sees the last committed record and
+    /// copies its value out (`V::clone`; use `Arc<T>` for large values).
     ///
     /// ```
     /// let store = stm_store::Store::new();
@@ -61,10 +97,11 @@ where
     /// # Errors
     ///
     /// None today; the `Result` leaves room for [`Error::BusyRetry`].
-    pub fn usevar(&self, key: K) -> Result<Value<K, V>, Error> {
+    pub fn usevar(&self, key: K) -> Result<Value<'_, K, V>, Error> {
         let slot = self.slot(key);
-        let read = slot.read();
-        Ok(Value::new(self.id, slot, read))
+        let pin = pin();
+        let record = slot.load(&pin).logical();
+        Ok(Value::new(self.id, slot, record))
     }
 
     /// Reads several keys into a [`Collection`]: a consistent snapshot (every record was the
@@ -83,17 +120,18 @@ where
     /// # Errors
     ///
     /// None today; the `Result` leaves room for [`Error::BusyRetry`].
-    pub fn using<I: IntoIterator<Item = K>>(&self, keys: I) -> Result<Collection<K, V>, Error> {
+    pub fn using<I: IntoIterator<Item = K>>(&self, keys: I) -> Result<Collection<'_, K, V>, Error> {
         let mut slots: Vec<_> = keys.into_iter().map(|key| self.slot(key)).collect();
         slots.sort_unstable_by_key(|slot| slot.id);
         slots.dedup_by_key(|slot| slot.id);
-        let records = snapshot::read_all(&slots);
+        let pin = pin();
+        let records = snapshot::read_all(&pin, &slots);
         let values = slots
             .into_iter()
             .zip(records)
-            .map(|(slot, read)| Value::new(self.id, slot, read))
+            .map(|(slot, record)| Value::new(self.id, slot, record))
             .collect();
-        Ok(Collection::new(self.id, values))
+        Ok(Collection::new(values))
     }
 
     /// Commits one handle: the same as [`Value::commit`].
@@ -101,7 +139,8 @@ where
     /// # Panics
     ///
     /// If `value` came from another store.
-    pub fn set(&self, value: &mut Value<K, V>) -> Result<(), Error> {
+    #[track_caller]
+    pub fn set(&self, value: &mut Value<'_, K, V>) -> Result<(), Error> {
         self.check_origin(value.store_id() == self.id, "Store::set");
         value.commit()
     }
@@ -110,14 +149,19 @@ where
     ///
     /// # Panics
     ///
-    /// If `values` came from another store.
-    pub fn set_values(&self, values: &mut Collection<K, V>) -> Result<(), Error> {
+    /// If any handle in `values` came from another store.
+    #[track_caller]
+    pub fn set_values(&self, values: &mut Collection<'_, K, V>) -> Result<(), Error> {
         self.check_origin(values.all_from(self.id), "Store::set_values");
         values.commit()
     }
 
     /// Every key with its version and value, in key order: a consistent snapshot of the whole
-    /// store, including keys that were read but never written (version 0, no value).
+    /// store (the keys listed are exactly the keys that existed at its instant), including
+    /// keys that were read but never written (version 0, no value).
+    ///
+    /// It completes whatever other threads do: after a few tries overtaken by new keys, it
+    /// asks the threads creating keys to take a snapshot before they create one.
     ///
     /// ```
     /// let store = stm_store::Store::new();
@@ -128,47 +172,92 @@ where
     /// assert_eq!(store.dump(), vec![("a", 1, Some(1)), ("b", 0, None)]);
     /// # Ok::<(), stm_store::Error>(())
     /// ```
-    pub fn dump(&self) -> Vec<(K, u64, Option<V>)>
-    where
-        V: Clone,
-    {
-        self.snapshot()
-            .into_iter()
-            .map(|(slot, record)| (slot.key.clone(), record.version(), record.value().cloned()))
-            .collect()
+    pub fn dump(&self) -> Vec<(K, u64, Option<V>)> {
+        for _ in 0..DUMP_TRIES {
+            if let Some(rows) = self.try_dump() {
+                return rows;
+            }
+        }
+        self.dump_with_help()
     }
 
-    /// Every slot and its record at one instant, in key order. The key set is checked like the
-    /// versions: it was the same before and after the records were read, so it was the key set
-    /// at that instant too (keys are never removed).
-    fn snapshot(&self) -> Vec<Keyed<K, V>> {
-        let mut slots = self.slots_by_id();
+    /// A snapshot of every key, unless a key was created while it was taken. The count of keys
+    /// created is read before listing the index and again after reading the records: unchanged,
+    /// the listing held exactly the keys that existed while the records were read.
+    fn try_dump(&self) -> Option<Vec<Row<K, V>>> {
+        let created = self.table.created();
+        let mut slots = self.table.slots();
+        slots.sort_unstable_by_key(|slot| slot.id);
+        let pin = pin();
+        let records = snapshot::read_all(&pin, &slots);
+        if self.table.created() != created && !cfg!(stm_mutation = "no_birth_check") {
+            return None;
+        }
+        let mut rows: Vec<_> = slots
+            .iter()
+            .zip(records)
+            .map(|(slot, record)| {
+                let value = record.and_then(|record| record.value.clone());
+                (slot.key.clone(), version(record), value)
+            })
+            .collect();
+        order::sort_by(&mut rows, |a, b| a.0.cmp(&b.0));
+        Some(rows)
+    }
+
+    /// Publishes a request that every key creator serves before creating its key: it tries
+    /// snapshots until one lands. Once the creators that were already past the check have
+    /// created their keys (at most one each), no key is created until some snapshot lands.
+    fn dump_with_help(&self) -> Vec<Row<K, V>> {
+        let mut request = Box::new(DumpRequest {
+            rows: OnceBox::new(),
+        });
         loop {
-            let records = snapshot::read_all(&slots);
-            let after = self.slots_by_id();
-            // Keys are never removed, so the same count means the same key set.
-            if after.len() == slots.len() {
-                let mut pairs: Vec<_> = slots.into_iter().zip(records).collect();
-                order::sort_by(&mut pairs, |(a, _), (b, _)| a.key.cmp(&b.key));
-                return pairs;
+            if let Some(rows) = self.try_dump() {
+                return rows;
             }
-            slots = after;
+            match self.dumps.put(request) {
+                Ok(()) => break,
+                Err(back) => request = back, // another dump's request is up: try again
+            }
+        }
+        let pin = pin();
+        let request = self
+            .dumps
+            .peek(&pin)
+            .expect("only its owner removes a request");
+        loop {
+            if let Some(rows) = request.rows.take() {
+                self.dumps.remove(&pin, request);
+                return *rows;
+            }
+            if let Some(rows) = self.try_dump() {
+                request.rows.offer(Box::new(rows));
+            }
         }
     }
 
-    fn slots_by_id(&self) -> Vec<Arc<Slot<K, V>>> {
-        let mut slots = self.index.slots();
-        slots.sort_unstable_by_key(|slot| slot.id);
-        slots
+    /// Serves a pending dump request, before creating a key.
+    fn help_dump(&self) {
+        let pin = pin();
+        if let Some(request) = self.dumps.peek(&pin) {
+            while !request.rows.is_filled() {
+                if let Some(rows) = self.try_dump() {
+                    request.rows.offer(Box::new(rows));
+                }
+            }
+        }
     }
 
-    fn slot(&self, key: K) -> Arc<Slot<K, V>> {
-        if let Some(slot) = self.index.get(&key) {
+    fn slot(&self, key: K) -> &Slot<K, V> {
+        if let Some(slot) = self.table.get(&key) {
             return slot;
         }
-        self.index.get_or_insert(Arc::new(Slot::new(key)))
+        self.help_dump();
+        self.table.get_or_create(key)
     }
 
+    #[track_caller]
     fn check_origin(&self, ours: bool, call: &str) {
         assert!(
             ours,
@@ -177,28 +266,30 @@ where
     }
 }
 
-impl<K, V> Default for Store<K, V>
+impl<K, V, S> Default for Store<K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
-    V: Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Default,
 {
     fn default() -> Self {
-        Self::new()
+        Self::with_hasher(S::default())
     }
 }
 
 /// Shows the same consistent snapshot as [`Store::dump`], as a map from key to
 /// `(version, value)`.
-impl<K, V> fmt::Debug for Store<K, V>
+impl<K, V, S> fmt::Debug for Store<K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static + fmt::Debug,
-    V: Send + Sync + 'static + fmt::Debug,
+    V: Clone + Send + Sync + 'static + fmt::Debug,
+    S: BuildHasher + Clone,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let snapshot = self.snapshot();
-        let entries = snapshot
+        let rows = self.dump();
+        let entries = rows
             .iter()
-            .map(|(slot, record)| (&slot.key, (record.version(), record.value())));
+            .map(|(key, version, value)| (key, (version, value)));
         f.debug_map().entries(entries).finish()
     }
 }

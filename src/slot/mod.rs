@@ -1,0 +1,344 @@
+//! A key's slot, the nodes it can point to, who owns each node, and when each is freed.
+//!
+//! This is the only module with `unsafe` code, and its API is safe: whatever the protocol asks
+//! of it, no node is freed while a thread can still reach it. Everything else in the crate
+//! (claim order, helping, validation, snapshots) is safe code built on it.
+//!
+//! **A slot** is one word: a plain record (null stands for version 0, no value), a *commit
+//! claim* (a pointer to an entry inside a transaction descriptor, tag 1) or a *snapshot claim*
+//! (a small `(before, txn)` node, tag 2). A claim's logical record is the entry's `after` once
+//! its transaction is committed and its `before` otherwise; a snapshot claim's is always its
+//! `before`.
+//!
+//! **Checked here**, so that no protocol bug can make a pointer dangle:
+//! - I1: an undecided claim is never replaced (the protocol must help it instead);
+//! - I4: a plain record goes in only over a logical record one version older, and a commit
+//!   claim only over a logical record of the entry's expected version. Per slot, versions
+//!   strictly increase, so a version names one record: every helper that installs the same
+//!   commit claim stores the same `before`.
+//!
+//! **Ownership.**
+//! - A slot owns its logical record. The compare-and-swap that stops a record being logical
+//!   retires it: a plain write over it, or a write over a decided claim whose logical record
+//!   it is. A claim taking its place keeps it alive as its `before`.
+//! - A transaction owns its `after` records until it is decided. At the decision, its winner
+//!   retires what will never be logical again: the `before` records of the written entries if
+//!   it committed, the `after` records if it aborted.
+//! - A snapshot claim node is retired by whoever takes it out of its slot.
+//! - A descriptor is counted: its owner holds one count until it has taken all its claims out
+//!   of their slots, and each helper holds one while it helps. A helper whose claim lands after
+//!   the decision (possible only where the slot got the claim's `before` back) takes it out
+//!   again before it lets go. So no slot points at a descriptor once the count is zero, and the
+//!   last count out retires it.
+//! - To retire is to hand to crossbeam-epoch: freed once every thread pinned at that moment has
+//!   unpinned. Every pointer followed here was loaded under the caller's pin, and a reference
+//!   into a node never outlives that pin (`'g`).
+//! - A panicking `V::drop` during reclamation is caught and discarded: it runs in whichever
+//!   thread advances the epoch, and stopping there would leak every value after it.
+
+mod shelf;
+mod table;
+mod txn;
+
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::primitive::{AtomicUsize, Guard, Ordering::SeqCst};
+
+pub(crate) use shelf::{OnceBox, Shelf};
+pub(crate) use table::Table;
+pub(crate) use txn::{Claimer, Entry, EntryInit, Hold, Kind, Owner, Status, Txn};
+
+/// An immutable committed state of one key.
+pub(crate) struct Record<V> {
+    pub(crate) version: u64,
+    pub(crate) value: Option<V>,
+}
+
+/// One key's home. Created once per key and freed with the store.
+pub(crate) struct Slot<K, V> {
+    /// Fixed at creation and unique in the process: the order in which commits claim slots
+    /// (never the user's `Ord`, which may be broken).
+    pub(crate) id: u64,
+    pub(crate) key: K,
+    word: AtomicUsize,
+    _records: PhantomData<Box<Record<V>>>,
+}
+
+const TAG: usize = 0b11;
+const CLAIM: usize = 0b01;
+const SNAP: usize = 0b10;
+
+/// A snapshot's claim on one slot: it freezes `before` until the snapshot is decided.
+struct SnapClaim<K, V> {
+    before: *const Record<V>,
+    txn: *const Txn<K, V>,
+}
+
+/// What one load of a slot saw; valid while the guard it was loaded under lives.
+pub(crate) struct Loaded<'g, K, V> {
+    word: usize,
+    _pin: PhantomData<(&'g Guard, &'g Slot<K, V>)>,
+}
+
+impl<K, V> Clone for Loaded<'_, K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for Loaded<'_, K, V> {}
+
+enum Node<'g, K, V> {
+    Plain(Option<&'g Record<V>>),
+    Claim(&'g Entry<K, V>),
+    Snap(&'g SnapClaim<K, V>),
+}
+
+impl<'g, K, V> Loaded<'g, K, V> {
+    fn node(self) -> Node<'g, K, V> {
+        let ptr = self.word & !TAG;
+        // SAFETY: the word was loaded from a slot under the guard that 'g borrows. A node is
+        // retired only once no slot points at it (module docs), and freed only after every
+        // thread pinned at that time has unpinned, so it is live for 'g. Tags name the type.
+        unsafe {
+            match self.word & TAG {
+                CLAIM => Node::Claim(&*(ptr as *const Entry<K, V>)),
+                SNAP => Node::Snap(&*(ptr as *const SnapClaim<K, V>)),
+                _ => Node::Plain((ptr as *const Record<V>).as_ref()),
+            }
+        }
+    }
+
+    /// The committed record this load stands for (`None`: version 0, no value).
+    pub(crate) fn logical(self) -> Option<&'g Record<V>> {
+        match self.node() {
+            Node::Plain(record) => record,
+            Node::Claim(entry) => entry.logical(),
+            // SAFETY: a snapshot claim's `before` is the record it froze, kept logical (owned
+            // by the slot) while the claim is there; the claim was live under this pin.
+            Node::Snap(snap) => unsafe { snap.before.as_ref() },
+        }
+    }
+
+    pub(crate) fn version(self) -> u64 {
+        self.logical().map_or(0, |record| record.version)
+    }
+
+    /// The transaction of an undecided claim here: help it, never replace it (I1).
+    pub(crate) fn blocker(self) -> Option<&'g Txn<K, V>> {
+        let txn = match self.node() {
+            Node::Plain(_) => return None,
+            Node::Claim(entry) => entry.txn(),
+            // SAFETY: a descriptor outlives every claim that points at it (module docs).
+            Node::Snap(snap) => unsafe { &*snap.txn },
+        };
+        (txn.status() == Status::Undecided).then_some(txn)
+    }
+
+    /// Whether this is a claim of `txn`; for a snapshot claim, also the record it froze.
+    pub(crate) fn claim_of(self, txn: &Txn<K, V>) -> Option<Option<&'g Record<V>>> {
+        match self.node() {
+            Node::Claim(entry) if std::ptr::eq(entry.txn(), txn) => Some(entry.logical()),
+            // SAFETY: as in `logical`.
+            Node::Snap(snap) if std::ptr::eq(snap.txn, txn) => {
+                Some(unsafe { snap.before.as_ref() })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl<K, V> Slot<K, V> {
+    pub(crate) fn new(id: u64, key: K) -> Self {
+        Self {
+            id,
+            key,
+            word: AtomicUsize::new(0),
+            _records: PhantomData,
+        }
+    }
+
+    pub(crate) fn load<'g>(&self, _pin: &'g Guard) -> Loaded<'g, K, V> {
+        Loaded {
+            word: self.word.load(SeqCst),
+            _pin: PhantomData,
+        }
+    }
+
+    fn cas(&self, current: usize, new: usize) -> bool {
+        self.word
+            .compare_exchange(current, new, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// Replaces `current` by the plain `record` and retires what it replaced. Refused, with the
+    /// record handed back, if `current` is an undecided claim, if `record` is not one version
+    /// newer, or if the slot has changed since `current` was loaded.
+    pub(crate) fn replace(
+        &self,
+        pin: &Guard,
+        current: Loaded<'_, K, V>,
+        record: Box<Record<V>>,
+    ) -> Result<(), Box<Record<V>>> {
+        if current.blocker().is_some() || record.version != current.version() + 1 {
+            return Err(record);
+        }
+        let new = Box::into_raw(record);
+        if self.cas(current.word, new as usize) {
+            retire_record(pin, current.logical());
+            if let Node::Snap(snap) = current.node() {
+                retire_snap(pin, snap);
+            }
+            Ok(())
+        } else {
+            // SAFETY: `new` came from `Box::into_raw` above and was never published.
+            Err(unsafe { Box::from_raw(new) })
+        }
+    }
+
+    /// Puts `claimer`'s commit claim for `entry` (one of its entries, for this slot) in place
+    /// of `current`. Refused if `current` is an undecided claim, if its logical version is not
+    /// the entry's expected one, or if the slot has changed since it was loaded.
+    pub(crate) fn install_claim(
+        &self,
+        pin: &Guard,
+        current: Loaded<'_, K, V>,
+        claimer: Claimer<'_, K, V>,
+        entry: &Entry<K, V>,
+    ) -> bool {
+        debug_assert!(std::ptr::eq(entry.txn(), claimer.txn()) && entry.id == self.id);
+        if current.blocker().is_some() || current.version() != entry.expect {
+            return false;
+        }
+        // Every installer stores the same record here: the one of this version (I4).
+        entry.freeze(current.logical());
+        let claim = entry as *const Entry<K, V> as usize | CLAIM;
+        if !self.cas(current.word, claim) {
+            return false;
+        }
+        if let Node::Snap(snap) = current.node() {
+            retire_snap(pin, snap); // its `before` stays logical, as this claim's `before`
+        }
+        if claimer.txn().status() != Status::Undecided {
+            // Late: the transaction was decided meanwhile. Take the claim out again before
+            // this helper lets go of its count.
+            self.release(entry);
+        }
+        true
+    }
+
+    /// Puts a snapshot claim of `claimer` in place of `current` and returns the record it
+    /// froze; `None` if `current` is an undecided claim or the slot has changed.
+    pub(crate) fn install_snapshot_claim<'g>(
+        &self,
+        pin: &'g Guard,
+        current: Loaded<'g, K, V>,
+        claimer: Claimer<'_, K, V>,
+    ) -> Option<Option<&'g Record<V>>> {
+        if current.blocker().is_some() {
+            return None;
+        }
+        let before = current.logical();
+        let node = Box::into_raw(Box::new(SnapClaim {
+            before: before.map_or(std::ptr::null(), |r| r as *const Record<V>),
+            txn: claimer.txn() as *const Txn<K, V>,
+        }));
+        if !self.cas(current.word, node as usize | SNAP) {
+            // SAFETY: `node` came from `Box::into_raw` above and was never published.
+            drop(unsafe { Box::from_raw(node) });
+            return None;
+        }
+        if let Node::Snap(snap) = current.node() {
+            retire_snap(pin, snap);
+        }
+        if claimer.txn().status() != Status::Undecided {
+            self.release_snapshot_claim(pin, claimer.txn()); // late, as in `install_claim`
+        }
+        Some(before)
+    }
+
+    /// Takes `entry`'s claim out of this slot, if it is there, leaving its logical record
+    /// (fixed: the transaction is decided).
+    pub(crate) fn release(&self, entry: &Entry<K, V>) {
+        debug_assert!(entry.txn().status() != Status::Undecided);
+        let claim = entry as *const Entry<K, V> as usize | CLAIM;
+        if self.word.load(SeqCst) == claim {
+            let logical = entry
+                .logical()
+                .map_or(0, |r| r as *const Record<V> as usize);
+            self.cas(claim, logical);
+        }
+    }
+
+    /// Takes `txn`'s snapshot claim out of this slot, if it is there.
+    pub(crate) fn release_snapshot_claim(&self, pin: &Guard, txn: &Txn<K, V>) {
+        let current = self.load(pin);
+        if let Node::Snap(snap) = current.node() {
+            if std::ptr::eq(snap.txn, txn) && self.cas(current.word, snap.before as usize) {
+                retire_snap(pin, snap);
+            }
+        }
+    }
+}
+
+impl<K, V> Drop for Slot<K, V> {
+    /// Frees what the slot holds. Only the table drops slots, with the store, when no call is
+    /// in progress: nobody can reach these nodes any more.
+    fn drop(&mut self) {
+        let word = self.word.load(SeqCst);
+        let ptr = word & !TAG;
+        // SAFETY: exclusive access (see above); the word names a live node of its tag's type.
+        // A commit claim still here belongs to an owner that was forgotten (`mem::forget` of
+        // a paused commit): deciding it here frees its `after` records if it never committed;
+        // its descriptor is leaked, never freed, so it cannot dangle.
+        unsafe {
+            match word & TAG {
+                CLAIM => {
+                    let entry = &*(ptr as *const Entry<K, V>);
+                    entry
+                        .txn()
+                        .decide(&crate::primitive::pin(), Status::Aborted);
+                    free_record(entry.logical());
+                }
+                SNAP => {
+                    let snap = Box::from_raw(ptr as *mut SnapClaim<K, V>);
+                    free_record(snap.before.as_ref());
+                }
+                _ => free_record((ptr as *const Record<V>).as_ref()),
+            }
+        }
+    }
+}
+
+/// Retires a record that stopped being logical (module docs: ownership).
+fn retire_record<V>(pin: &Guard, record: Option<&Record<V>>) {
+    let Some(record) = record else { return };
+    let ptr = record as *const Record<V> as *mut Record<V>;
+    // SAFETY: the caller made it unreachable from every slot with its compare-and-swap, and
+    // retires it exactly once (module docs); threads pinned before still may read it, so it
+    // is freed only after they unpin. The closure holds one pointer and frees it once.
+    unsafe { pin.defer_unchecked(move || drop_caught(Box::from_raw(ptr))) }
+}
+
+fn retire_snap<K, V>(pin: &Guard, snap: &SnapClaim<K, V>) {
+    let ptr = snap as *const SnapClaim<K, V> as *mut SnapClaim<K, V>;
+    // SAFETY: as in `retire_record`: the caller took the node out of its slot with a
+    // successful compare-and-swap, which happens once per node.
+    unsafe { pin.defer_unchecked(move || drop(Box::from_raw(ptr))) }
+}
+
+/// Frees a record nobody else can reach, now.
+///
+/// # Safety
+/// `record` came from `Box::into_raw` and is unreachable by every other thread.
+unsafe fn free_record<V>(record: Option<&Record<V>>) {
+    if let Some(record) = record {
+        // SAFETY: the caller's contract.
+        drop_caught(unsafe { Box::from_raw(record as *const Record<V> as *mut Record<V>) });
+    }
+}
+
+/// Drops `item`; a panic in its destructor is caught and discarded (module docs).
+fn drop_caught<T>(item: T) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(item)));
+}

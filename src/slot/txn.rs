@@ -1,0 +1,359 @@
+//! The transaction descriptor: a status, a count, and its entries, in one allocation.
+//!
+//! A commit's claims are its entries: a slot claimed by a commit points at the entry itself,
+//! so a commit allocates one descriptor besides the records it writes.
+
+use std::alloc::{self, Layout};
+use std::ptr::{self, NonNull};
+
+use super::{retire_record, Record, Slot};
+use crate::primitive::{pin, AtomicU8, AtomicUsize, Guard, Ordering::SeqCst};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    Undecided = 0,
+    Committed = 1,
+    Aborted = 2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Claims each entry's slot with the entry itself, if its version is the expected one.
+    Commit,
+    /// Claims each slot, whatever its version, with a snapshot claim node.
+    Snapshot,
+}
+
+/// The descriptor's header; its entries follow it in the same allocation.
+#[repr(C)]
+pub(crate) struct Txn<K, V> {
+    status: AtomicU8,
+    pub(crate) kind: Kind,
+    /// The owner's count (until its claims are out of their slots) plus one per helper.
+    refs: AtomicUsize,
+    len: usize,
+    _entries: [Entry<K, V>; 0],
+}
+
+/// One key of a transaction. For a commit, also its claim.
+#[repr(C)]
+pub(crate) struct Entry<K, V> {
+    /// The slot's id: entries are sorted by it, which is the order of claims.
+    pub(crate) id: u64,
+    slot: *const Slot<K, V>,
+    txn: *const Txn<K, V>,
+    /// The version the handle read (commits).
+    pub(crate) expect: u64,
+    /// The record the claim froze, tagged with 1 once known (0: not yet). A commit's
+    /// installers all store the same one (I4); a snapshot's helpers note the first they see.
+    frozen: AtomicUsize,
+    /// The record a commit installs; null for a key that is only validated.
+    after: *mut Record<V>,
+}
+
+/// What an entry starts from.
+pub(crate) struct EntryInit<'s, K, V> {
+    pub(crate) slot: &'s Slot<K, V>,
+    pub(crate) expect: u64,
+    pub(crate) after: Option<Box<Record<V>>>,
+}
+
+impl<K, V> Txn<K, V> {
+    fn layout(len: usize) -> Layout {
+        let entries = Layout::array::<Entry<K, V>>(len).expect("transaction too large");
+        let (layout, offset) = Layout::new::<Self>()
+            .extend(entries)
+            .expect("transaction too large");
+        debug_assert_eq!(offset, std::mem::size_of::<Self>());
+        layout.pad_to_align()
+    }
+
+    pub(crate) fn entries(&self) -> &[Entry<K, V>] {
+        // SAFETY: `Owner::new` allocated `len` initialized entries right after the header
+        // (`repr(C)`, and the zero-length array gives the header the entries' alignment, so
+        // they start at `size_of::<Self>()`); they live as long as the header.
+        unsafe { std::slice::from_raw_parts(self._entries.as_ptr(), self.len) }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        match self.status.load(SeqCst) {
+            0 => Status::Undecided,
+            1 => Status::Committed,
+            _ => Status::Aborted,
+        }
+    }
+
+    /// Moves the status from Undecided to `outcome`; true for the one caller that does. That
+    /// caller retires the records that can never be logical again (module docs).
+    pub(crate) fn decide(&self, pin: &Guard, outcome: Status) -> bool {
+        let won = self
+            .status
+            .compare_exchange(Status::Undecided as u8, outcome as u8, SeqCst, SeqCst)
+            .is_ok();
+        if won && self.kind == Kind::Commit {
+            for entry in self.entries().iter().filter(|e| !e.after.is_null()) {
+                match outcome {
+                    Status::Committed => retire_record(pin, entry.before()),
+                    // SAFETY: an aborted transaction's `after` records were never logical.
+                    _ => retire_record(pin, unsafe { entry.after.as_ref() }),
+                }
+            }
+        }
+        won
+    }
+
+    /// The index of the entry for slot `id`, where a helper resumes this transaction when
+    /// it found it blocking that slot: every entry before it is claimed (claims go in order,
+    /// and an undecided claim stays put).
+    pub(crate) fn position(&self, id: u64) -> usize {
+        self.entries()
+            .binary_search_by_key(&id, |entry| entry.id)
+            .unwrap_or_else(|at| at)
+    }
+
+    /// A helper's count on this transaction, unless it is already on its way to be freed
+    /// (then it is decided, and its claims are out of their slots or about to be).
+    pub(crate) fn hold<'g>(&'g self, pin: &'g Guard) -> Option<Hold<'g, K, V>> {
+        let mut refs = self.refs.load(SeqCst);
+        while refs != 0 {
+            match self.refs.compare_exchange(refs, refs + 1, SeqCst, SeqCst) {
+                Ok(_) => return Some(Hold { txn: self, pin }),
+                Err(now) => refs = now,
+            }
+        }
+        None
+    }
+
+    fn unref(&self, pin: &Guard) {
+        if self.refs.fetch_sub(1, SeqCst) == 1 {
+            let ptr = self as *const Self as *mut Self;
+            // SAFETY: the count is zero: the owner has taken every claim out of its slot and
+            // no helper can install one any more (`hold` fails), so nothing reaches the
+            // descriptor except threads pinned now. It is freed once, after they unpin.
+            unsafe { pin.defer_unchecked(move || Self::free(ptr)) }
+        }
+    }
+
+    /// # Safety
+    /// `ptr` came from `Owner::new` and nobody can reach it any more.
+    unsafe fn free(ptr: *mut Self) {
+        // SAFETY: the caller's contract; entries hold no drop glue (the records they point to
+        // are owned by slots or retired at the decision).
+        unsafe {
+            let len = (*ptr).len;
+            alloc::dealloc(ptr.cast(), Self::layout(len));
+        }
+    }
+}
+
+impl<K, V> Entry<K, V> {
+    pub(crate) fn slot(&self) -> &Slot<K, V> {
+        // SAFETY: slots live as long as their store, and a transaction is used only inside
+        // calls on that store (a commit never mixes stores: see `protocol::commit`).
+        unsafe { &*self.slot }
+    }
+
+    pub(crate) fn txn(&self) -> &Txn<K, V> {
+        // SAFETY: an entry lives inside its transaction's allocation.
+        unsafe { &*self.txn }
+    }
+
+    pub(crate) fn writes(&self) -> bool {
+        !self.after.is_null()
+    }
+
+    fn before(&self) -> Option<&Record<V>> {
+        let frozen = self.frozen.load(SeqCst);
+        // SAFETY: a frozen record is logical while the claim is in its slot, or retired once
+        // it stops being so; callers read it under the pin under which they found the claim.
+        unsafe { ((frozen & !1) as *const Record<V>).as_ref() }
+    }
+
+    /// The claim's logical record: `after` once committed, `before` otherwise.
+    pub(crate) fn logical(&self) -> Option<&Record<V>> {
+        let committed = match self.txn().status() {
+            Status::Committed => true,
+            // The deliberate breakage `dirty_read` shows undecided writes.
+            Status::Undecided => cfg!(stm_mutation = "dirty_read"),
+            Status::Aborted => false,
+        };
+        if committed && self.writes() {
+            // SAFETY: a committed transaction's `after` records belong to their slots.
+            unsafe { self.after.as_ref() }
+        } else {
+            self.before()
+        }
+    }
+
+    pub(super) fn freeze(&self, record: Option<&Record<V>>) {
+        let ptr = record.map_or(0, |r| r as *const Record<V> as usize);
+        self.frozen.store(ptr | 1, SeqCst);
+    }
+
+    /// Notes the record a snapshot claim froze; the first note wins (a note made after the
+    /// decision, by a late helper, may be of a later claim, but never comes first: the
+    /// decider noted every entry before deciding).
+    pub(crate) fn note(&self, record: Option<&Record<V>>) {
+        let ptr = record.map_or(0, |r| r as *const Record<V> as usize);
+        let _ = self.frozen.compare_exchange(0, ptr | 1, SeqCst, SeqCst);
+    }
+
+    /// The record noted by `note`, for the snapshot's owner, who has been pinned since
+    /// before the decision.
+    pub(crate) fn noted<'g>(&self, _pin: &'g Guard) -> Option<Option<&'g Record<V>>> {
+        let frozen = self.frozen.load(SeqCst);
+        // SAFETY: the noted record was logical at the decision, after the owner pinned, so it
+        // is freed only after the owner's guard 'g is gone.
+        (frozen != 0).then(|| unsafe { ((frozen & !1) as *const Record<V>).as_ref() })
+    }
+}
+
+/// The owner's side of a transaction: its count, until its claims are out of their slots.
+/// Dropping it undecided (an error, a panic, a paused commit dropped) aborts the transaction.
+/// Forgetting it (`mem::forget`) leaks the descriptor, and nothing else: anyone can still
+/// drive the transaction to its decision from the entries, which own the records to write.
+pub(crate) struct Owner<K, V> {
+    txn: NonNull<Txn<K, V>>,
+}
+
+// SAFETY: the descriptor is shared between threads by design; everything in it is atomic or
+// immutable, and it hands out `K` and `V` only by reference (`K, V: Send + Sync`).
+unsafe impl<K: Send + Sync, V: Send + Sync> Send for Owner<K, V> {}
+// SAFETY: as above.
+unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Owner<K, V> {}
+
+impl<K, V> Owner<K, V> {
+    /// A new, undecided transaction of `kind` over `entries` (exactly `len` of them), sorted
+    /// by slot id.
+    pub(crate) fn new<'s>(
+        kind: Kind,
+        len: usize,
+        entries: impl IntoIterator<Item = EntryInit<'s, K, V>>,
+    ) -> Self
+    where
+        K: 's,
+        V: 's,
+    {
+        let layout = Txn::<K, V>::layout(len);
+        // SAFETY: the layout has a non-zero size (the header).
+        let raw = unsafe { alloc::alloc(layout) }.cast::<Txn<K, V>>();
+        let Some(txn) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        // Frees what was built if `entries` panics (a user's `V::clone`) or falls short.
+        struct Building<K, V> {
+            txn: NonNull<Txn<K, V>>,
+            layout: Layout,
+            built: usize,
+        }
+        impl<K, V> Drop for Building<K, V> {
+            fn drop(&mut self) {
+                // SAFETY: the first `built` entries were written; nothing was published.
+                unsafe {
+                    let first = (*self.txn.as_ptr())._entries.as_mut_ptr();
+                    for i in 0..self.built {
+                        let after = (*first.add(i)).after;
+                        if !after.is_null() {
+                            drop(Box::from_raw(after));
+                        }
+                    }
+                    alloc::dealloc(self.txn.as_ptr().cast(), self.layout);
+                }
+            }
+        }
+        let mut building = Building {
+            txn,
+            layout,
+            built: 0,
+        };
+        // SAFETY: `raw` is a fresh allocation of `layout`: room for the header and `len`
+        // entries; each is written once, in bounds, before anything reads it.
+        unsafe {
+            raw.write(Txn {
+                status: AtomicU8::new(Status::Undecided as u8),
+                kind,
+                refs: AtomicUsize::new(1),
+                len,
+                _entries: [],
+            });
+            let first = (*raw)._entries.as_mut_ptr();
+            for init in entries.into_iter().take(len) {
+                first.add(building.built).write(Entry {
+                    id: init.slot.id,
+                    slot: init.slot,
+                    txn: raw,
+                    expect: init.expect,
+                    frozen: AtomicUsize::new(0),
+                    after: init.after.map_or(ptr::null_mut(), Box::into_raw),
+                });
+                building.built += 1;
+            }
+            assert_eq!(building.built, len, "fewer entries than announced");
+            std::slice::from_raw_parts_mut(first, len).sort_unstable_by_key(|e| e.id);
+        }
+        std::mem::forget(building);
+        Self { txn }
+    }
+
+    pub(crate) fn txn(&self) -> &Txn<K, V> {
+        // SAFETY: the owner's count keeps the descriptor alive.
+        unsafe { self.txn.as_ref() }
+    }
+
+    pub(crate) fn claimer(&self) -> Claimer<'_, K, V> {
+        Claimer { txn: self.txn() }
+    }
+}
+
+impl<K, V> Drop for Owner<K, V> {
+    fn drop(&mut self) {
+        let pin = pin();
+        let txn = self.txn();
+        if txn.status() == Status::Undecided {
+            txn.decide(&pin, Status::Aborted);
+        }
+        for entry in txn.entries() {
+            match txn.kind {
+                Kind::Commit => entry.slot().release(entry),
+                Kind::Snapshot => entry.slot().release_snapshot_claim(&pin, txn),
+            }
+        }
+        txn.unref(&pin);
+    }
+}
+
+/// A helper's count on a transaction it found in its way; let go when dropped.
+pub(crate) struct Hold<'g, K, V> {
+    txn: &'g Txn<K, V>,
+    pin: &'g Guard,
+}
+
+impl<'g, K, V> Hold<'g, K, V> {
+    pub(crate) fn claimer(&self) -> Claimer<'g, K, V> {
+        Claimer { txn: self.txn }
+    }
+}
+
+impl<K, V> Drop for Hold<'_, K, V> {
+    fn drop(&mut self) {
+        self.txn.unref(self.pin);
+    }
+}
+
+/// Proof that the caller holds a count on a transaction: needed to install its claims.
+pub(crate) struct Claimer<'a, K, V> {
+    txn: &'a Txn<K, V>,
+}
+
+impl<K, V> Clone for Claimer<'_, K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for Claimer<'_, K, V> {}
+
+impl<'a, K, V> Claimer<'a, K, V> {
+    pub(crate) fn txn(self) -> &'a Txn<K, V> {
+        self.txn
+    }
+}
