@@ -2,6 +2,7 @@ use crate::order;
 use crate::primitive::IdCounter;
 use crate::protocol::{self, Part};
 use crate::slot::{Record, Slot};
+use crate::snapshot;
 use crate::Error;
 use std::borrow::Borrow;
 use std::fmt;
@@ -58,6 +59,10 @@ impl<'s, K, V> Value<'s, K, V> {
 
     pub(crate) fn store_id(&self) -> StoreId {
         self.store
+    }
+
+    pub(crate) fn slot_id(&self) -> u64 {
+        self.slot.id
     }
 
     /// The key.
@@ -128,6 +133,21 @@ impl<'s, K, V> Value<'s, K, V> {
             self.version += 1;
             self.value = written;
         }
+    }
+}
+
+impl<'g, K, V: Clone> snapshot::Read<'g, K, V> for Value<'_, K, V> {
+    fn slot(&self) -> &Slot<K, V> {
+        self.slot
+    }
+
+    fn take(&mut self, record: Option<&'g Record<V>>) {
+        self.version = record.map_or(0, |record| record.version);
+        self.value = record.and_then(|record| record.value.clone());
+    }
+
+    fn version(&self) -> u64 {
+        self.version
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The standard library's sorts may panic when `Ord` is not a total order. A broken `Ord` must
 //! never make `using` or `dump` panic or lose a key (keys are matched by `Hash`/`Eq`, commits
-//! ordered by slot id), so this heapsort only compares and swaps in bounds: with a broken `Ord`
+//! ordered by slot id), so this heapsort (insertion sort when short) only compares and swaps in bounds: with a broken `Ord`
 //! the order is unspecified, and nothing else goes wrong. In place, no allocation.
 
 use std::cmp::Ordering;
@@ -10,6 +10,17 @@ use std::cmp::Ordering;
 /// Sorts `items` by `compare`; never panics, whatever `compare` answers.
 pub(crate) fn sort_by<T>(items: &mut [T], compare: impl Fn(&T, &T) -> Ordering) {
     let less = |items: &[T], a: usize, b: usize| compare(&items[a], &items[b]) == Ordering::Less;
+    if items.len() <= 12 {
+        // Insertion sort: fewer comparisons for the few keys of a typical `using`.
+        for end in 1..items.len() {
+            let mut at = end;
+            while at > 0 && less(items, at, at - 1) {
+                items.swap(at, at - 1);
+                at -= 1;
+            }
+        }
+        return;
+    }
     // Moves the element at `root` down the max-heap held in `items[..end]`.
     let sift_down = |items: &mut [T], mut root: usize, end: usize| loop {
         let mut child = 2 * root + 1;

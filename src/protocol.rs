@@ -200,7 +200,7 @@ fn advance<'g, K, V>(
             Claimed::Done => *at += 1,
             Claimed::Blocked(other) => return Some((other, entry.id)),
             Claimed::Conflict => {
-                txn.decide(pin, Status::Aborted);
+                txn.decide(Status::Aborted);
                 return None;
             }
         }
@@ -208,7 +208,7 @@ fn advance<'g, K, V>(
             break;
         }
     }
-    txn.decide(pin, Status::Committed);
+    txn.decide(Status::Committed);
     None
 }
 
@@ -288,7 +288,7 @@ impl<K, V> Paused<K, V> {
                 Claimed::Done => claimed += 1,
                 Claimed::Blocked(other) => help(&pin, other, entry.id),
                 Claimed::Conflict => {
-                    txn.decide(&pin, Status::Aborted);
+                    txn.decide(Status::Aborted);
                     break;
                 }
             }

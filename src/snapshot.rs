@@ -14,25 +14,32 @@ use crate::slot::{EntryInit, Kind, Owner, Record, Slot};
 /// snapshot with a single concurrent commit, within a small preemption bound).
 const COLLECTS: usize = if cfg!(loom) { 1 } else { 3 };
 
-/// The records of `slots` (distinct, in id order) at one instant during this call.
-pub(crate) fn read_all<'g, K: 'g, V: 'g>(
-    pin: &'g Guard,
-    slots: &[&Slot<K, V>],
-) -> Vec<Option<&'g Record<V>>> {
-    if let [slot] = slots {
-        return vec![slot.load(pin).logical()]; // one load is its own instant
+/// Something that reads one slot's record: a handle, or a row of `dump`.
+pub(crate) trait Read<'g, K, V> {
+    fn slot(&self) -> &Slot<K, V>;
+    /// Takes `record` as what was read (again, if an earlier pass was not consistent).
+    fn take(&mut self, record: Option<&'g Record<V>>);
+    /// The version taken.
+    fn version(&self) -> u64;
+}
+
+/// Reads every item's record (slots distinct, in id order) at one instant during this call.
+pub(crate) fn read_all<'g, K: 'g, V: 'g>(pin: &'g Guard, items: &mut [impl Read<'g, K, V>]) {
+    if let [item] = items {
+        return item.take(item.slot().load(pin).logical()); // one load is its own instant
     }
     for _ in 0..COLLECTS {
-        let records: Vec<_> = slots.iter().map(|slot| slot.load(pin).logical()).collect();
-        let unchanged = slots
+        for item in items.iter_mut() {
+            item.take(item.slot().load(pin).logical());
+        }
+        let unchanged = items
             .iter()
-            .zip(&records)
-            .all(|(slot, record)| slot.load(pin).version() == version(*record));
+            .all(|item| item.slot().load(pin).version() == item.version());
         if unchanged || cfg!(stm_mutation = "single_collect") {
-            return records;
+            return;
         }
     }
-    claim_all(pin, slots)
+    claim_all(pin, items)
 }
 
 pub(crate) fn version<V>(record: Option<&Record<V>>) -> u64 {
@@ -40,26 +47,20 @@ pub(crate) fn version<V>(record: Option<&Record<V>>) -> u64 {
 }
 
 /// The claiming snapshot: the records its claims froze, all at the instant it was decided.
-fn claim_all<'g, K: 'g, V: 'g>(
-    pin: &'g Guard,
-    slots: &[&Slot<K, V>],
-) -> Vec<Option<&'g Record<V>>> {
-    let entries = slots.iter().map(|slot| EntryInit {
-        slot,
+fn claim_all<'g, K: 'g, V: 'g>(pin: &'g Guard, items: &mut [impl Read<'g, K, V>]) {
+    let entries = items.iter().map(|item| EntryInit {
+        slot: item.slot(),
         expect: 0,
         after: None,
     });
-    let owner = Owner::new(Kind::Snapshot, slots.len(), entries);
+    let owner = Owner::new(Kind::Snapshot, items.len(), entries);
     drive(pin, owner.claimer(), 0);
     outcome(owner.txn()).expect("a snapshot accepts any version, so it always commits");
-    owner
-        .txn()
-        .entries()
-        .iter()
-        .map(|entry| {
+    for (item, entry) in items.iter_mut().zip(owner.txn().entries()) {
+        item.take(
             entry
                 .noted(pin)
-                .expect("the decider noted every claim's record")
-        })
-        .collect()
+                .expect("the decider noted every claim's record"),
+        );
+    }
 }

@@ -3,7 +3,7 @@ use std::hash::{BuildHasher, Hash};
 
 use crate::handle::{Collection, StoreId, Value};
 use crate::primitive::pin;
-use crate::slot::{OnceBox, Shelf, Slot, Table};
+use crate::slot::{OnceBox, Record, Shelf, Slot, Table};
 use crate::snapshot::{self, version};
 use crate::{order, Error};
 
@@ -12,6 +12,23 @@ pub type DefaultHasher = foldhash::fast::RandomState;
 
 /// One row of [`Store::dump`]: key, version, value.
 type Row<K, V> = (K, u64, Option<V>);
+
+/// A slot and the record `dump` read there.
+type Found<'s, 'g, K, V> = (&'s Slot<K, V>, Option<&'g Record<V>>);
+
+impl<'g, K, V> snapshot::Read<'g, K, V> for Found<'_, 'g, K, V> {
+    fn slot(&self) -> &Slot<K, V> {
+        self.0
+    }
+
+    fn take(&mut self, record: Option<&'g Record<V>>) {
+        self.1 = record;
+    }
+
+    fn version(&self) -> u64 {
+        version(self.1)
+    }
+}
 
 /// How many times `dump` lists the keys and reads them before it asks key creators for help.
 const DUMP_TRIES: usize = if cfg!(loom) { 1 } else { 4 };
@@ -121,16 +138,13 @@ where
     ///
     /// None today; the `Result` leaves room for [`Error::BusyRetry`].
     pub fn using<I: IntoIterator<Item = K>>(&self, keys: I) -> Result<Collection<'_, K, V>, Error> {
-        let mut slots: Vec<_> = keys.into_iter().map(|key| self.slot(key)).collect();
-        slots.sort_unstable_by_key(|slot| slot.id);
-        slots.dedup_by_key(|slot| slot.id);
-        let pin = pin();
-        let records = snapshot::read_all(&pin, &slots);
-        let values = slots
+        let mut values: Vec<_> = keys
             .into_iter()
-            .zip(records)
-            .map(|(slot, record)| Value::new(self.id, slot, record))
+            .map(|key| Value::new(self.id, self.slot(key), None))
             .collect();
+        values.sort_unstable_by_key(|value| value.slot_id());
+        values.dedup_by_key(|value| value.slot_id());
+        snapshot::read_all(&pin(), &mut values);
         Ok(Collection::new(values))
     }
 
@@ -186,16 +200,16 @@ where
     /// the listing held exactly the keys that existed while the records were read.
     fn try_dump(&self) -> Option<Vec<Row<K, V>>> {
         let created = self.table.created();
-        let mut slots = self.table.slots();
-        slots.sort_unstable_by_key(|slot| slot.id);
         let pin = pin();
-        let records = snapshot::read_all(&pin, &slots);
+        let mut found: Vec<Found<K, V>> =
+            self.table.slots().into_iter().map(|s| (s, None)).collect();
+        found.sort_unstable_by_key(|(slot, _)| slot.id);
+        snapshot::read_all(&pin, &mut found);
         if self.table.created() != created && !cfg!(stm_mutation = "no_birth_check") {
             return None;
         }
-        let mut rows: Vec<_> = slots
-            .iter()
-            .zip(records)
+        let mut rows: Vec<_> = found
+            .into_iter()
             .map(|(slot, record)| {
                 let value = record.and_then(|record| record.value.clone());
                 (slot.key.clone(), version(record), value)

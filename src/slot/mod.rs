@@ -21,9 +21,9 @@
 //! - A slot owns its logical record. The compare-and-swap that stops a record being logical
 //!   retires it: a plain write over it, or a write over a decided claim whose logical record
 //!   it is. A claim taking its place keeps it alive as its `before`.
-//! - A transaction owns its `after` records until it is decided. At the decision, its winner
-//!   retires what will never be logical again: the `before` records of the written entries if
-//!   it committed, the `after` records if it aborted.
+//! - A transaction owns its `after` records until it is decided, and then what will never be
+//!   logical again: the `before` records of its written entries if it committed, the `after`
+//!   records if it aborted. They are freed with the descriptor (one deferred free a commit).
 //! - A snapshot claim node is retired by whoever takes it out of its slot.
 //! - A descriptor is counted: its owner holds one count until it has taken all its claims out
 //!   of their slots, and each helper holds one while it helps. A helper whose claim lands after
@@ -289,15 +289,13 @@ impl<K, V> Drop for Slot<K, V> {
         let ptr = word & !TAG;
         // SAFETY: exclusive access (see above); the word names a live node of its tag's type.
         // A commit claim still here belongs to an owner that was forgotten (`mem::forget` of
-        // a paused commit): deciding it here frees its `after` records if it never committed;
-        // its descriptor is leaked, never freed, so it cannot dangle.
+        // a paused commit): its descriptor is leaked with the records it owns, never freed, so
+        // it cannot dangle; deciding it fixes which record is this slot's.
         unsafe {
             match word & TAG {
                 CLAIM => {
                     let entry = &*(ptr as *const Entry<K, V>);
-                    entry
-                        .txn()
-                        .decide(&crate::primitive::pin(), Status::Aborted);
+                    entry.txn().decide(Status::Aborted);
                     free_record(entry.logical());
                 }
                 SNAP => {
@@ -331,7 +329,7 @@ fn retire_snap<K, V>(pin: &Guard, snap: &SnapClaim<K, V>) {
 ///
 /// # Safety
 /// `record` came from `Box::into_raw` and is unreachable by every other thread.
-unsafe fn free_record<V>(record: Option<&Record<V>>) {
+pub(super) unsafe fn free_record<V>(record: Option<&Record<V>>) {
     if let Some(record) = record {
         // SAFETY: the caller's contract.
         drop_caught(unsafe { Box::from_raw(record as *const Record<V> as *mut Record<V>) });

@@ -6,7 +6,7 @@
 use std::alloc::{self, Layout};
 use std::ptr::{self, NonNull};
 
-use super::{retire_record, Record, Slot};
+use super::{free_record, Record, Slot};
 use crate::primitive::{pin, AtomicU8, AtomicUsize, Guard, Ordering::SeqCst};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,23 +83,11 @@ impl<K, V> Txn<K, V> {
         }
     }
 
-    /// Moves the status from Undecided to `outcome`; true for the one caller that does. That
-    /// caller retires the records that can never be logical again (module docs).
-    pub(crate) fn decide(&self, pin: &Guard, outcome: Status) -> bool {
-        let won = self
-            .status
+    /// Moves the status from Undecided to `outcome`; true for the one caller that does.
+    pub(crate) fn decide(&self, outcome: Status) -> bool {
+        self.status
             .compare_exchange(Status::Undecided as u8, outcome as u8, SeqCst, SeqCst)
-            .is_ok();
-        if won && self.kind == Kind::Commit {
-            for entry in self.entries().iter().filter(|e| !e.after.is_null()) {
-                match outcome {
-                    Status::Committed => retire_record(pin, entry.before()),
-                    // SAFETY: an aborted transaction's `after` records were never logical.
-                    _ => retire_record(pin, unsafe { entry.after.as_ref() }),
-                }
-            }
-        }
-        won
+            .is_ok()
     }
 
     /// The index of the entry for slot `id`, where a helper resumes this transaction when
@@ -134,14 +122,25 @@ impl<K, V> Txn<K, V> {
         }
     }
 
+    /// Frees the descriptor with the records it still owns: the ones that can never be
+    /// logical again (module docs: ownership).
+    ///
     /// # Safety
-    /// `ptr` came from `Owner::new` and nobody can reach it any more.
+    /// `ptr` came from `Owner::new`, the transaction is decided, and nobody can reach the
+    /// descriptor any more.
     unsafe fn free(ptr: *mut Self) {
-        // SAFETY: the caller's contract; entries hold no drop glue (the records they point to
-        // are owned by slots or retired at the decision).
+        // SAFETY: the caller's contract. A committed transaction's `before` records and an
+        // aborted one's `after` records left every slot at the decision (claims are taken out
+        // before the count reaches zero), and nobody else frees them.
         unsafe {
-            let len = (*ptr).len;
-            alloc::dealloc(ptr.cast(), Self::layout(len));
+            let txn = &*ptr;
+            for entry in txn.entries().iter().filter(|e| e.writes()) {
+                match txn.status() {
+                    Status::Committed => free_record(entry.before()),
+                    _ => free_record(entry.after.as_ref()),
+                }
+            }
+            alloc::dealloc(ptr.cast(), Self::layout(txn.len));
         }
     }
 }
@@ -210,8 +209,9 @@ impl<K, V> Entry<K, V> {
 
 /// The owner's side of a transaction: its count, until its claims are out of their slots.
 /// Dropping it undecided (an error, a panic, a paused commit dropped) aborts the transaction.
-/// Forgetting it (`mem::forget`) leaks the descriptor, and nothing else: anyone can still
-/// drive the transaction to its decision from the entries, which own the records to write.
+/// Forgetting it (`mem::forget`) leaks the descriptor and the records it owns, nothing else:
+/// anyone can still drive the transaction to its decision from the entries, which own the
+/// records to write, so it lands whole or not at all.
 pub(crate) struct Owner<K, V> {
     txn: NonNull<Txn<K, V>>,
 }
@@ -310,7 +310,7 @@ impl<K, V> Drop for Owner<K, V> {
         let pin = pin();
         let txn = self.txn();
         if txn.status() == Status::Undecided {
-            txn.decide(&pin, Status::Aborted);
+            txn.decide(Status::Aborted);
         }
         for entry in txn.entries() {
             match txn.kind {
