@@ -1,24 +1,36 @@
-//! The main demonstration: a contended bank.
+//! The main demonstration: a contended bank, on the store and on a mutex.
 //!
-//! Transfer threads move money between random accounts while auditor threads take consistent
-//! snapshots of every account and check the total. The same workload then runs on the store a
-//! user would otherwise write (one mutex over a map of versioned records: Axon.STM's design),
-//! and the example prints the throughput ratio measured in this run.
+//! Transfer threads move money between random accounts: each transfer reads two accounts and
+//! commits both new balances at once, re-reading and redoing it on `ConcurrentUpdate`. Auditor
+//! threads meanwhile take consistent snapshots of every account, alternately with `using` over
+//! all accounts and with `dump`, and check that the total never changes.
+//!
+//! The same workload then runs on the *mutex variant*, the design the store replaces: one
+//! `parking_lot::Mutex` over a `HashMap<u64, (version, balance)>`, used the way Axon.STM uses
+//! its lock. A transfer reads both accounts under the lock and releases it; it commits by taking
+//! the lock again, checking that both versions are still the ones it read, and writing. An audit
+//! reads every account under the lock.
+//!
+//! Each side runs several times, alternating store and mutex so that machine noise hits both.
+//! The example prints, per side, the median commits per second and the min–max range; then the
+//! ratio of the medians, with the range of the ratios of each store run to its mutex run.
 //!
 //! ```text
-//! cargo run --release --example bank -- [--threads 4] [--auditors 1] [--accounts 64] [--seconds 2] [--floor]
+//! cargo run --release --example bank -- [--threads 4] [--auditors 1] [--accounts 64] [--seconds 2] [--runs 3]
+//! cargo run --release --example bank -- --help
 //! ```
 //!
-//! Exits non-zero if any snapshot, or the end state, shows a different total.
-//!
-//! `--floor` also runs the *floor*: each account its own `ArcSwap`, a transfer two independent
-//! compare-and-swap loops (not atomic, no index, no handles). No store built on one `ArcSwap`
-//! per key can do less work per transfer, so its rate bounds what such a store can reach here.
+//! The last line is `total conserved: yes` when every snapshot and every end state had the right
+//! total; otherwise it is `total conserved: NO` and the example exits with 1. A bad option
+//! exits with 2.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -26,142 +38,131 @@ use stm_store::{Error, Store};
 
 const START_BALANCE: i64 = 1_000;
 
+const USAGE: &str = "usage: cargo run --release --example bank -- \
+[--threads N] [--auditors N] [--accounts N] [--seconds S] [--runs N]";
+
+const MUTEX_VARIANT: &str = "one parking_lot::Mutex over a HashMap<u64, (version, balance)>, \
+used as Axon.STM uses its lock: read under the lock, then lock again to check the versions and write";
+
 struct Config {
     threads: usize,
     auditors: usize,
     accounts: u64,
     seconds: f64,
-    floor: bool,
+    runs: usize,
 }
 
-/// What a bank needs from a store: a consistent read of some accounts, and an atomic commit
-/// of new balances that fails if any account read has changed since.
-trait Bank: Send + Sync + 'static {
-    /// Reads both accounts and commits the transfer (or just validates, if `from` is short).
-    fn transfer(&self, from: u64, to: u64, amount: i64) -> Attempt;
-    /// The sum of accounts `0..accounts`, read as one consistent snapshot.
-    fn audit(&self, accounts: u64) -> i64;
-    fn name(&self) -> &'static str;
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            threads: 4,
+            auditors: 1,
+            accounts: 64,
+            seconds: 2.0,
+            runs: 3,
+        }
+    }
 }
 
-enum Attempt {
-    Committed,
-    Conflict,
-    Busy,
+impl Config {
+    fn expected_total(&self) -> i64 {
+        START_BALANCE * self.accounts as i64
+    }
+}
+
+/// What a bank needs from a store.
+trait Bank: Sync {
+    /// Reads both accounts and commits the transfer, atomically; fails if either account was
+    /// committed by someone else since it was read.
+    fn transfer(&self, from: u64, to: u64, amount: i64) -> Result<(), Error>;
+    /// The total of all accounts, from one consistent snapshot.
+    fn audit(&self, accounts: u64, how: Snapshot) -> Result<i64, Error>;
+}
+
+#[derive(Clone, Copy)]
+enum Snapshot {
+    /// Read accounts `0..accounts` with `using`.
+    Using,
+    /// Read every key with `dump`.
+    Dump,
 }
 
 impl Bank for Store<u64, i64> {
-    fn transfer(&self, from: u64, to: u64, amount: i64) -> Attempt {
-        let mut pair = self.using([from, to]).expect("using never fails here");
-        let balance = |c: &stm_store::Collection<u64, i64>, k| c[&k].value().copied().unwrap_or(0);
-        let (a, b) = (balance(&pair, from), balance(&pair, to));
-        if a < amount {
-            // Validate the read anyway: a decision taken on what we saw must still hold.
-            return outcome(pair.commit());
+    fn transfer(&self, from: u64, to: u64, amount: i64) -> Result<(), Error> {
+        let mut pair = self.using([from, to])?;
+        let balance = |account: u64| pair[&account].value().copied().unwrap_or(0);
+        let (from_balance, to_balance) = (balance(from), balance(to));
+        if from_balance >= amount {
+            pair[&from].set(from_balance - amount);
+            pair[&to].set(to_balance + amount);
         }
-        pair[&from].set(a - amount);
-        pair[&to].set(b + amount);
-        outcome(pair.commit())
+        // With nothing set, the commit still checks that both accounts are unchanged: the
+        // decision not to transfer was taken on what was read.
+        pair.commit()
     }
 
-    fn audit(&self, accounts: u64) -> i64 {
-        let all = self.using(0..accounts).expect("using never fails here");
-        all.iter()
-            .map(|(_, v)| v.value().copied().unwrap_or(0))
-            .sum()
-    }
-
-    fn name(&self) -> &'static str {
-        "stm-store"
-    }
-}
-
-fn outcome(result: Result<(), Error>) -> Attempt {
-    match result {
-        Ok(()) => Attempt::Committed,
-        Err(Error::ConcurrentUpdate) => Attempt::Conflict,
-        Err(Error::BusyRetry) => Attempt::Busy,
+    fn audit(&self, accounts: u64, how: Snapshot) -> Result<i64, Error> {
+        Ok(match how {
+            Snapshot::Using => self
+                .using(0..accounts)?
+                .iter()
+                .map(|(_, account)| account.value().copied().unwrap_or(0))
+                .sum(),
+            Snapshot::Dump => self.dump().iter().filter_map(|(_, _, value)| *value).sum(),
+        })
     }
 }
 
-/// The mutex variant: one lock over a map of `key -> (version, value)`. Reads copy records out
-/// under the lock; a commit takes the lock, checks every version read, and writes.
-struct MutexBank(Mutex<HashMap<u64, (u64, Option<i64>)>>);
+/// A new store with `accounts` accounts of `START_BALANCE`, written in one commit.
+fn funded_store(accounts: u64) -> Store<u64, i64> {
+    let store = Store::new();
+    let mut all = store.using(0..accounts).expect("using never fails");
+    all.values_mut()
+        .for_each(|account| account.set(START_BALANCE));
+    all.commit().expect("nobody else is running yet");
+    store
+}
+
+/// The mutex variant: one lock over every account's `(version, balance)`.
+struct MutexBank(Mutex<HashMap<u64, (u64, i64)>>);
 
 impl MutexBank {
-    fn read(&self, keys: &[u64]) -> Vec<(u64, Option<i64>)> {
-        let map = self.0.lock();
-        keys.iter()
-            .map(|k| map.get(k).copied().unwrap_or((0, None)))
-            .collect()
+    fn new(accounts: u64) -> Self {
+        let map = (0..accounts).map(|account| (account, (1, START_BALANCE)));
+        Self(Mutex::new(map.collect()))
     }
 }
 
 impl Bank for MutexBank {
-    fn transfer(&self, from: u64, to: u64, amount: i64) -> Attempt {
-        let read = self.read(&[from, to]);
-        let (a, b) = (read[0].1.unwrap_or(0), read[1].1.unwrap_or(0));
+    fn transfer(&self, from: u64, to: u64, amount: i64) -> Result<(), Error> {
+        // Read under the lock...
+        let read = {
+            let map = self.0.lock();
+            [map[&from], map[&to]]
+        };
+        let [(from_version, from_balance), (to_version, to_balance)] = read;
+        // ...then commit under it again: check the versions read, and write.
         let mut map = self.0.lock();
-        let unchanged = [from, to]
-            .iter()
-            .zip(&read)
-            .all(|(k, (version, _))| map.get(k).map_or(0, |r| r.0) == *version);
-        if !unchanged {
-            return Attempt::Conflict;
+        if map[&from].0 != from_version || map[&to].0 != to_version {
+            return Err(Error::ConcurrentUpdate);
         }
-        if a >= amount {
-            map.insert(from, (read[0].0 + 1, Some(a - amount)));
-            map.insert(to, (read[1].0 + 1, Some(b + amount)));
+        if from_balance >= amount {
+            map.insert(from, (from_version + 1, from_balance - amount));
+            map.insert(to, (to_version + 1, to_balance + amount));
         }
-        Attempt::Committed
+        Ok(())
     }
 
-    fn audit(&self, accounts: u64) -> i64 {
-        let keys: Vec<u64> = (0..accounts).collect();
-        self.read(&keys).iter().map(|(_, v)| v.unwrap_or(0)).sum()
-    }
-
-    fn name(&self) -> &'static str {
-        "mutex"
+    fn audit(&self, accounts: u64, how: Snapshot) -> Result<i64, Error> {
+        let map = self.0.lock();
+        Ok(match how {
+            Snapshot::Using => (0..accounts).map(|account| map[&account].1).sum(),
+            Snapshot::Dump => map.values().map(|&(_, balance)| balance).sum(),
+        })
     }
 }
 
-/// The floor: one `ArcSwap` per account, and a transfer is two compare-and-swap loops, one per
-/// account. Money is conserved, but the pair is not atomic and audits are not consistent (so
-/// they are not checked): it is a bound on cost, not a store.
-struct FloorBank(Vec<arc_swap::ArcSwap<(u64, i64)>>);
-
-impl FloorBank {
-    fn add(&self, account: u64, delta: i64) {
-        let slot = &self.0[account as usize];
-        loop {
-            let current = slot.load();
-            let next = Arc::new((current.0 + 1, current.1 + delta));
-            if Arc::ptr_eq(&slot.compare_and_swap(&current, next), &current) {
-                return;
-            }
-        }
-    }
-}
-
-impl Bank for FloorBank {
-    fn transfer(&self, from: u64, to: u64, amount: i64) -> Attempt {
-        if self.0[from as usize].load().1 >= amount {
-            self.add(from, -amount);
-            self.add(to, amount);
-        }
-        Attempt::Committed
-    }
-
-    fn audit(&self, accounts: u64) -> i64 {
-        (0..accounts).map(|k| self.0[k as usize].load().1).sum()
-    }
-
-    fn name(&self) -> &'static str {
-        "floor"
-    }
-}
-
+/// What the threads of one run counted.
 #[derive(Default)]
 struct Tally {
     commits: u64,
@@ -181,66 +182,210 @@ impl Tally {
     }
 }
 
-/// Runs the workload for `config.seconds` and returns what every thread counted.
-fn run(bank: Arc<dyn Bank>, config: &Config) -> (Tally, Duration) {
-    let expected = START_BALANCE * config.accounts as i64;
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Arc::new(Barrier::new(config.threads + config.auditors + 1));
-    let mut workers = Vec::new();
-    for id in 0..config.threads + config.auditors {
-        let (bank, stop, start) = (Arc::clone(&bank), Arc::clone(&stop), Arc::clone(&start));
-        let (auditor, accounts) = (id >= config.threads, config.accounts);
-        workers.push(std::thread::spawn(move || {
-            let mut tally = Tally::default();
-            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1));
-            start.wait();
-            while !stop.load(Ordering::Relaxed) {
-                if auditor {
-                    tally.audits += 1;
-                    tally.bad_audits += u64::from(bank.audit(accounts) != expected);
-                    continue;
-                }
-                let from = rng.below(accounts);
-                let to = (from + 1 + rng.below(accounts - 1)) % accounts;
-                let amount = 1 + rng.below(10) as i64;
-                // Retry until the transfer lands: the redo is part of the work.
-                loop {
-                    match bank.transfer(from, to, amount) {
-                        Attempt::Committed => break tally.commits += 1,
-                        Attempt::Conflict => tally.conflicts += 1,
-                        Attempt::Busy => tally.busy += 1,
-                    }
-                }
-            }
-            tally
-        }));
-    }
-    start.wait();
-    let began = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(config.seconds));
-    stop.store(true, Ordering::Relaxed);
-    let mut total = Tally::default();
-    for worker in workers {
-        total.add(&worker.join().expect("worker panicked"));
-    }
-    (total, began.elapsed())
+/// One timed run of one side.
+struct Run {
+    tally: Tally,
+    elapsed: Duration,
+    /// The total of all accounts after the run.
+    end_total: i64,
 }
 
-fn report(name: &str, tally: &Tally, elapsed: Duration) -> f64 {
-    let rate = tally.commits as f64 / elapsed.as_secs_f64();
-    let attempts = tally.commits + tally.conflicts + tally.busy;
+impl Run {
+    fn rate(&self) -> f64 {
+        self.tally.commits as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs the workload on `bank` for `config.seconds`.
+fn run(bank: &impl Bank, config: &Config) -> Run {
+    let stop = AtomicBool::new(false);
+    let start = Barrier::new(config.threads + config.auditors + 1);
+    let (tally, elapsed) = thread::scope(|scope| {
+        let workers: Vec<_> = (0..config.threads + config.auditors)
+            .map(|id| {
+                let (stop, start) = (&stop, &start);
+                scope.spawn(move || {
+                    let mut tally = Tally::default();
+                    start.wait();
+                    if id < config.threads {
+                        transfer(bank, config, id as u64, stop, &mut tally);
+                    } else {
+                        audit(bank, config, stop, &mut tally);
+                    }
+                    tally
+                })
+            })
+            .collect();
+        start.wait();
+        let began = Instant::now();
+        thread::sleep(Duration::from_secs_f64(config.seconds));
+        stop.store(true, Ordering::Relaxed);
+        let mut total = Tally::default();
+        for worker in workers {
+            total.add(&worker.join().expect("a worker panicked"));
+        }
+        (total, began.elapsed())
+    });
+    let end_total = bank
+        .audit(config.accounts, Snapshot::Dump)
+        .expect("nobody else is running");
+    Run {
+        tally,
+        elapsed,
+        end_total,
+    }
+}
+
+/// A transfer thread: random transfers until `stop`, each retried until it lands.
+fn transfer(bank: &impl Bank, config: &Config, id: u64, stop: &AtomicBool, tally: &mut Tally) {
+    let accounts = config.accounts;
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (id + 1));
+    while !stop.load(Ordering::Relaxed) {
+        let from = rng.below(accounts);
+        let to = (from + 1 + rng.below(accounts - 1)) % accounts;
+        let amount = 1 + rng.below(10) as i64;
+        // The redo is part of the work: a transfer counts once it has landed.
+        loop {
+            match bank.transfer(from, to, amount) {
+                Ok(()) => break tally.commits += 1,
+                Err(Error::ConcurrentUpdate) => tally.conflicts += 1,
+                Err(Error::BusyRetry) => tally.busy += 1,
+            }
+        }
+    }
+}
+
+/// An auditor thread: snapshots back to back until `stop`, alternately `using` and `dump`.
+fn audit(bank: &impl Bank, config: &Config, stop: &AtomicBool, tally: &mut Tally) {
+    let mut how = Snapshot::Using;
+    while !stop.load(Ordering::Relaxed) {
+        match bank.audit(config.accounts, how) {
+            Ok(total) => {
+                tally.audits += 1;
+                tally.bad_audits += u64::from(total != config.expected_total());
+                how = match how {
+                    Snapshot::Using => Snapshot::Dump,
+                    Snapshot::Dump => Snapshot::Using,
+                };
+            }
+            Err(Error::BusyRetry) => tally.busy += 1, // the same call may simply be repeated
+            Err(Error::ConcurrentUpdate) => unreachable!("a snapshot commits nothing"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(config)) => config,
+        Ok(None) => {
+            print!("{}", help());
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("error: {message}\n{USAGE}\n(--help lists every option with its default)");
+            return ExitCode::from(2);
+        }
+    };
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "{name:>9}: {} commits in {:.2} s = {:.0} commits/s; {} ConcurrentUpdate ({:.2}% of attempts), {} BusyRetry ({:.4}%); {} audits",
-        tally.commits,
-        elapsed.as_secs_f64(),
-        rate,
-        tally.conflicts,
-        percent(tally.conflicts, attempts),
-        tally.busy,
-        percent(tally.busy, attempts),
-        tally.audits,
+        "bank: {} and {} on {}; {} of {} each (total {}); {} per side of {} s each, alternating",
+        plural(config.threads, "transfer thread"),
+        plural(config.auditors, "auditor"),
+        plural(cores, "core"),
+        plural(grouped(config.accounts), "account"),
+        grouped(START_BALANCE),
+        grouped(config.expected_total()),
+        plural(config.runs, "run"),
+        config.seconds,
     );
-    rate
+    println!("mutex variant: {MUTEX_VARIANT}");
+
+    // Alternate the sides, so that a noisy moment of the machine hits both.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for i in 1..=config.runs {
+        let progress = |side: &str| eprint!("run {i}/{}: {side} ...", config.runs);
+        let done = |run: &Run| eprintln!(" {} commits/s", grouped(run.rate()));
+
+        progress("stm-store");
+        ours.push(run(&funded_store(config.accounts), &config));
+        done(&ours[i - 1]);
+
+        progress("mutex");
+        theirs.push(run(&MutexBank::new(config.accounts), &config));
+        done(&theirs[i - 1]);
+    }
+
+    let (our_median, our_totals_right) = report("stm-store", &ours, &config);
+    let (their_median, their_totals_right) = report("mutex", &theirs, &config);
+    let pair_ratios = ours.iter().zip(&theirs).map(|(s, m)| s.rate() / m.rate());
+    let (_, low, high) = spread(pair_ratios.collect());
+    println!(
+        "throughput ratio stm-store / mutex: {:.2}x of the medians (per pair of runs: {low:.2}x to {high:.2}x)",
+        our_median / their_median
+    );
+
+    let conserved = our_totals_right && their_totals_right;
+    println!("total conserved: {}", if conserved { "yes" } else { "NO" });
+    if conserved {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Prints one side's throughput, failed commits and audits. Returns its median commits per
+/// second, and whether every snapshot and every end state had the right total.
+fn report(side: &str, runs: &[Run], config: &Config) -> (f64, bool) {
+    let (median, min, max) = spread(runs.iter().map(Run::rate).collect());
+    let mut total = Tally::default();
+    runs.iter().for_each(|run| total.add(&run.tally));
+    let seconds: f64 = runs.iter().map(|run| run.elapsed.as_secs_f64()).sum();
+    let commit_tries = total.commits + total.conflicts + total.busy;
+    let bad_ends: Vec<String> = (runs.iter().enumerate())
+        .filter(|(_, run)| run.end_total != config.expected_total())
+        .map(|(i, run)| format!("run {} ended with {}", i + 1, grouped(run.end_total)))
+        .collect();
+
+    println!(
+        "{side:>9}: median {} commits/s (range {} to {})",
+        grouped(median),
+        grouped(min),
+        grouped(max),
+    );
+    println!(
+        "{:>9}  ConcurrentUpdate: {} ({:.2}% of commit tries, {}/s); BusyRetry: {} ({:.2}% of all tries, {}/s)",
+        "",
+        grouped(total.conflicts),
+        percent(total.conflicts, commit_tries),
+        grouped(total.conflicts as f64 / seconds),
+        grouped(total.busy),
+        percent(total.busy, commit_tries + total.audits),
+        grouped(total.busy as f64 / seconds),
+    );
+    println!(
+        "{:>9}  audits: {}, {} with a wrong total; end total {}",
+        "",
+        plural(grouped(total.audits), "snapshot"),
+        grouped(total.bad_audits),
+        if bad_ends.is_empty() {
+            "right in every run".to_owned()
+        } else {
+            format!(
+                "wrong: {} (expected {})",
+                bad_ends.join(", "),
+                grouped(config.expected_total())
+            )
+        },
+    );
+    (median, total.bad_audits == 0 && bad_ends.is_empty())
+}
+
+/// The median, minimum and maximum.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = (values[(n - 1) / 2] + values[n / 2]) / 2.0;
+    (median, values[0], values[n - 1])
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -251,106 +396,98 @@ fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
-fn main() -> ExitCode {
-    let config = match parse_args() {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!(
-                "{message}\nusage: bank [--threads N] [--auditors N] [--accounts N] [--seconds S] [--floor]"
-            );
-            return ExitCode::from(2);
+/// `n` rounded to a whole number, with thousands separated: `1,234,567`.
+fn grouped(n: impl Display) -> String {
+    let whole = format!("{n:.0}");
+    let (sign, digits) = whole.split_at(usize::from(whole.starts_with('-')));
+    let mut out = sign.to_owned();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
         }
-    };
-    let expected = START_BALANCE * config.accounts as i64;
-    println!(
-        "bank: {} transfer threads and {} auditors on {} cores, {} accounts of {}, {} s per store",
-        config.threads,
-        config.auditors,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        config.accounts,
-        START_BALANCE,
-        config.seconds
-    );
-
-    let store = Arc::new(Store::<u64, i64>::new());
-    let mut all = store.using(0..config.accounts).expect("using never fails");
-    all.values_mut()
-        .for_each(|account| account.set(START_BALANCE));
-    all.commit().expect("nobody else is running yet");
-    let (ours, elapsed) = run(store.clone(), &config);
-    let our_rate = report(store.name(), &ours, elapsed);
-    let end_total: i64 = store.dump().iter().filter_map(|(_, _, v)| *v).sum();
-
-    let map = (0..config.accounts).map(|k| (k, (1, Some(START_BALANCE))));
-    let mutex = Arc::new(MutexBank(Mutex::new(map.collect())));
-    let (theirs, elapsed) = run(mutex.clone(), &config);
-    let mutex_rate = report(mutex.name(), &theirs, elapsed);
-    let mutex_total = mutex.audit(config.accounts);
-
-    println!(
-        "throughput ratio (stm-store / mutex): {:.2}x",
-        our_rate / mutex_rate
-    );
-    if config.floor {
-        let accounts =
-            (0..config.accounts).map(|_| arc_swap::ArcSwap::from_pointee((1, START_BALANCE)));
-        let floor = Arc::new(FloorBank(accounts.collect()));
-        let (bare, elapsed) = run(floor.clone(), &config);
-        let floor_rate = report(floor.name(), &bare, elapsed);
-        println!(
-            "floor (two bare per-key CASes, not atomic) / mutex: {:.2}x; stm-store / floor: {:.2}x",
-            floor_rate / mutex_rate,
-            our_rate / floor_rate
-        );
+        out.push(digit);
     }
-    let conserved = ours.bad_audits == 0 && end_total == expected;
-    println!(
-        "audits: {} snapshots, {} with a wrong total; end total {} (expected {})",
-        ours.audits, ours.bad_audits, end_total, expected
-    );
-    if theirs.bad_audits != 0 || mutex_total != expected {
-        println!("mutex variant lost money: its own bug, not the store's");
+    out
+}
+
+/// `1 auditor`, `2 auditors`.
+fn plural(n: impl Display, word: &str) -> String {
+    let n = n.to_string();
+    let s = if n == "1" { "" } else { "s" };
+    format!("{n} {word}{s}")
+}
+
+fn help() -> String {
+    let default = Config::default();
+    format!(
+        "\
+A contended bank: transfer threads move money between random accounts while auditor threads
+check the total in consistent snapshots. The same workload runs on stm-store and on the mutex
+variant: one parking_lot::Mutex over a HashMap<u64, (version, balance)>, used as Axon.STM
+uses its lock (read under the lock, then lock again to check the versions and write).
+Prints the commits per second of both, then `total conserved: yes` if every snapshot and
+every end state had the right total (exit status 0; 1 otherwise, 2 for a bad option).
+
+{USAGE}
+
+options:
+  --threads N    transfer threads (default {})
+  --auditors N   auditor threads, each taking snapshots back to back (default {})
+  --accounts N   accounts, each starting with {START_BALANCE}; at least 2 (default {})
+  --seconds S    length of one run, in seconds (default {})
+  --runs N       runs per side, alternating stm-store and mutex (default {})
+  -h, --help     print this help
+",
+        default.threads, default.auditors, default.accounts, default.seconds, default.runs,
+    )
+}
+
+/// The options, or `None` for `--help`. Takes `--name value` and `--name=value`.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
+    let mut config = Config::default();
+    while let Some(arg) = args.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(None);
+        }
+        let (name, mut inline) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+            None => (arg, None),
+        };
+        let mut value = || {
+            (inline.take())
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "--threads" => config.threads = number(&name, &value()?, 1)?,
+            "--auditors" => config.auditors = number(&name, &value()?, 0)?,
+            "--accounts" => config.accounts = number(&name, &value()?, 2)?,
+            "--runs" => config.runs = number(&name, &value()?, 1)?,
+            "--seconds" => config.seconds = seconds(&value()?)?,
+            _ => return Err(format!("unknown option `{name}`")),
+        }
     }
-    println!("total conserved: {}", if conserved { "yes" } else { "NO" });
-    if conserved {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(Some(config))
+}
+
+/// A whole number of at least `min`.
+fn number<T: FromStr + PartialOrd + Display>(name: &str, value: &str, min: T) -> Result<T, String> {
+    match value.parse() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!(
+            "{name} needs a whole number of at least {min}, not `{value}`"
+        )),
     }
 }
 
-fn parse_args() -> Result<Config, String> {
-    let mut config = Config {
-        threads: 4,
-        auditors: 1,
-        accounts: 64,
-        seconds: 2.0,
-        floor: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--floor" {
-            config.floor = true;
-            continue;
-        }
-        let value = args.next().ok_or(format!("{flag} needs a value"))?;
-        let bad = || format!("{flag}: not a valid number: {value}");
-        match flag.as_str() {
-            "--threads" => config.threads = value.parse().map_err(|_| bad())?,
-            "--auditors" => config.auditors = value.parse().map_err(|_| bad())?,
-            "--accounts" => config.accounts = value.parse().map_err(|_| bad())?,
-            "--seconds" => config.seconds = value.parse().map_err(|_| bad())?,
-            _ => return Err(format!("unknown flag {flag}")),
-        }
+/// A number of seconds above 0.
+fn seconds(value: &str) -> Result<f64, String> {
+    match value.parse() {
+        Ok(s) if s > 0.0 && s <= 1e9 => Ok(s),
+        _ => Err(format!(
+            "--seconds needs a number of seconds above 0 (at most 1e9), not `{value}`"
+        )),
     }
-    if config.threads == 0
-        || config.accounts < 2
-        || !config.seconds.is_finite()
-        || config.seconds <= 0.0
-    {
-        return Err("need --threads >= 1, --accounts >= 2 and --seconds > 0".into());
-    }
-    Ok(config)
 }
 
 /// A tiny deterministic generator: the example needs speed, not quality.
