@@ -75,6 +75,20 @@ struct SnapClaim<K, V> {
     txn: *const Txn<K, V>,
 }
 
+impl<K, V> SnapClaim<K, V> {
+    fn before(&self) -> Option<&Record<V>> {
+        // SAFETY: the record this claim froze stays logical (owned by the slot) while the
+        // claim is in the slot, and is retired only after it leaves; callers reach the claim
+        // under a pin, which outlives this borrow.
+        unsafe { self.before.as_ref() }
+    }
+
+    fn txn(&self) -> &Txn<K, V> {
+        // SAFETY: a descriptor outlives every claim that points at it (module docs).
+        unsafe { &*self.txn }
+    }
+}
+
 /// What one load of a slot saw; valid while the guard it was loaded under lives.
 pub(crate) struct Loaded<'g, K, V> {
     word: usize,
@@ -114,9 +128,7 @@ impl<'g, K, V> Loaded<'g, K, V> {
         match self.node() {
             Node::Plain(record) => record,
             Node::Claim(entry) => entry.logical(),
-            // SAFETY: a snapshot claim's `before` is the record it froze, kept logical (owned
-            // by the slot) while the claim is there; the claim was live under this pin.
-            Node::Snap(snap) => unsafe { snap.before.as_ref() },
+            Node::Snap(snap) => snap.before(),
         }
     }
 
@@ -129,8 +141,7 @@ impl<'g, K, V> Loaded<'g, K, V> {
         let txn = match self.node() {
             Node::Plain(_) => return None,
             Node::Claim(entry) => entry.txn(),
-            // SAFETY: a descriptor outlives every claim that points at it (module docs).
-            Node::Snap(snap) => unsafe { &*snap.txn },
+            Node::Snap(snap) => snap.txn(),
         };
         (txn.status() == Status::Undecided).then_some(txn)
     }
@@ -139,10 +150,7 @@ impl<'g, K, V> Loaded<'g, K, V> {
     pub(crate) fn claim_of(self, txn: &Txn<K, V>) -> Option<Option<&'g Record<V>>> {
         match self.node() {
             Node::Claim(entry) if std::ptr::eq(entry.txn(), txn) => Some(entry.logical()),
-            // SAFETY: as in `logical`.
-            Node::Snap(snap) if std::ptr::eq(snap.txn, txn) => {
-                Some(unsafe { snap.before.as_ref() })
-            }
+            Node::Snap(snap) if std::ptr::eq(snap.txn, txn) => Some(snap.before()),
             _ => None,
         }
     }
@@ -300,7 +308,7 @@ impl<K, V> Drop for Slot<K, V> {
                 }
                 SNAP => {
                     let snap = Box::from_raw(ptr as *mut SnapClaim<K, V>);
-                    free_record(snap.before.as_ref());
+                    free_record(snap.before());
                 }
                 _ => free_record((ptr as *const Record<V>).as_ref()),
             }

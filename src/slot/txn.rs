@@ -202,8 +202,9 @@ impl<K, V> Entry<K, V> {
     pub(crate) fn noted<'g>(&self, _pin: &'g Guard) -> Option<Option<&'g Record<V>>> {
         let frozen = self.frozen.load(SeqCst);
         // SAFETY: the noted record was logical at the decision, after the owner pinned, so it
-        // is freed only after the owner's guard 'g is gone.
-        (frozen != 0).then(|| unsafe { ((frozen & !1) as *const Record<V>).as_ref() })
+        // is freed only after the owner's guard 'g is gone (null if nothing was noted).
+        let record = unsafe { ((frozen & !1) as *const Record<V>).as_ref() };
+        (frozen != 0).then_some(record)
     }
 }
 
