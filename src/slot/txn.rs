@@ -7,7 +7,7 @@ use std::alloc::{self, Layout};
 use std::ptr::{self, NonNull};
 
 use super::{free_record, Record, Slot};
-use crate::primitive::{pin, AtomicU8, AtomicUsize, Guard, Ordering::SeqCst};
+use crate::primitive::{pin, AtomicU8, AtomicUsize, Guard, Ordering::Release, Ordering::SeqCst};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Status {
@@ -186,7 +186,7 @@ impl<K, V> Entry<K, V> {
 
     pub(super) fn freeze(&self, record: Option<&Record<V>>) {
         let ptr = record.map_or(0, |r| r as *const Record<V> as usize);
-        self.frozen.store(ptr | 1, SeqCst);
+        self.frozen.store(ptr | 1, Release); // published by the claim's compare-and-swap
     }
 
     /// Notes the record a snapshot claim froze; the first note wins (a note made after the
