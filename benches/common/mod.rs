@@ -293,11 +293,19 @@ impl<L: MapLock> Locked<L> {
     /// Like Axon.STM's `set`/`set_values`: every version still the one read, then write.
     #[inline]
     fn commit(&self, writes: &[(u64, u64, u64)]) -> bool {
+        self.commit_pausing(writes, || {})
+    }
+
+    /// [`commit`](Self::commit) that runs `pause` while it holds the lock, between validating
+    /// and writing (whether or not the validation passed).
+    #[inline]
+    fn commit_pausing(&self, writes: &[(u64, u64, u64)], pause: impl FnOnce()) -> bool {
         self.0.write(|map| {
-            if writes
+            let valid = writes
                 .iter()
-                .any(|&(key, version, _)| Self::get(map, key).0 != version)
-            {
+                .all(|&(key, version, _)| Self::get(map, key).0 == version);
+            pause();
+            if !valid {
                 return false;
             }
             for &(key, version, value) in writes {
@@ -382,6 +390,56 @@ impl<L: MapLock> Kv for Locked<L> {
             tries.conflicts += 1;
             backoff.wait(tries.conflicts);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A committer stalled mid-commit (the `lockfree` benchmark).
+
+/// One attempt of a two-key transfer whose commit may stop in the middle, as a committer that
+/// is descheduled or page-faults there would.
+pub trait Stalling: Kv {
+    /// Reads `from` and `to`, moves `amount`, commits once; true if the commit landed. With
+    /// `stall`, the commit stops for that long in its middle: the store after claiming its
+    /// first key (`Collection::commit_paused(1)`), the lock maps while holding the lock,
+    /// between validating and writing.
+    fn try_transfer(&self, from: u64, to: u64, amount: u64, stall: Option<Duration>) -> bool;
+}
+
+impl Stalling for Ours {
+    fn try_transfer(&self, from: u64, to: u64, amount: u64, stall: Option<Duration>) -> bool {
+        let Ok(mut accounts) = self.0.using([from, to]) else {
+            return false;
+        };
+        let a = accounts[&from].value().copied().unwrap_or(0);
+        let b = accounts[&to].value().copied().unwrap_or(0);
+        accounts[&from].set(a.wrapping_sub(amount));
+        accounts[&to].set(b.wrapping_add(amount));
+        match stall {
+            None => accounts.commit().is_ok(),
+            Some(pause) => {
+                let paused = accounts.commit_paused(1);
+                thread::sleep(pause);
+                paused.resume().is_ok()
+            }
+        }
+    }
+}
+
+impl<L: MapLock> Stalling for Locked<L> {
+    fn try_transfer(&self, from: u64, to: u64, amount: u64, stall: Option<Duration>) -> bool {
+        let (a, b) = self
+            .0
+            .read(|map| (Self::get(map, from), Self::get(map, to)));
+        let writes = [
+            (from, a.0, a.1.unwrap_or(0).wrapping_sub(amount)),
+            (to, b.0, b.1.unwrap_or(0).wrapping_add(amount)),
+        ];
+        self.commit_pausing(&writes, || {
+            if let Some(pause) = stall {
+                thread::sleep(pause);
+            }
+        })
     }
 }
 
