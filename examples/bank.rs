@@ -24,7 +24,9 @@
 //! total; otherwise it is `total conserved: NO` and the example exits with 1. A bad option
 //! exits with 2.
 
-use std::collections::HashMap;
+/// The mutex map hashes with the store's own default hasher (foldhash), so the comparison is
+/// of the concurrency schemes, not of the hash functions.
+type HashMap<K, V> = std::collections::HashMap<K, V, stm_store::DefaultHasher>;
 use std::fmt::Display;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -41,7 +43,7 @@ const START_BALANCE: i64 = 1_000;
 const USAGE: &str = "usage: cargo run --release --example bank -- \
 [--threads N] [--auditors N] [--accounts N] [--seconds S] [--runs N]";
 
-const MUTEX_VARIANT: &str = "one parking_lot::Mutex over a HashMap<u64, (version, balance)>, \
+const MUTEX_VARIANT: &str = "one parking_lot::Mutex over a HashMap<u64, (version, balance)> (foldhash, as the store), \
 used as Axon.STM uses its lock: read under the lock, then lock again to check the versions and write";
 
 struct Config {

@@ -18,7 +18,9 @@
 //! implementations differ only in how they read and commit.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+/// The lock maps hash with the store's own default hasher, so the comparison is of the
+/// concurrency schemes, not of the hash functions.
+type HashMap<K, V> = std::collections::HashMap<K, V, stm_store::DefaultHasher>;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex as StdMutex};
 use std::thread;
