@@ -223,35 +223,35 @@ where
     /// snapshots until one lands. Once the creators that were already past the check have
     /// created their keys (at most one each), no key is created until some snapshot lands.
     fn dump_with_help(&self) -> Vec<Row<K, V>> {
+        let pin = pin();
         let mut request = Box::new(DumpRequest {
             rows: OnceBox::new(),
         });
-        loop {
+        let mine = loop {
             if let Some(rows) = self.try_dump() {
                 return rows;
             }
-            match self.dumps.put(request) {
-                Ok(()) => break,
-                Err(back) => request = back, // another dump's request is up: try again
+            match self.dumps.put(&pin, request) {
+                Ok(published) => break published,
+                Err(back) => {
+                    request = back; // another dump's request is up
+                    self.clear_served(&pin);
+                }
             }
-        }
-        let pin = pin();
-        let request = self
-            .dumps
-            .peek(&pin)
-            .expect("only its owner removes a request");
+        };
         loop {
-            if let Some(rows) = request.rows.take() {
-                self.dumps.remove(&pin, request);
+            if let Some(rows) = mine.rows.take() {
+                self.dumps.remove(&pin, mine); // unless a creator already did
                 return *rows;
             }
             if let Some(rows) = self.try_dump() {
-                request.rows.offer(Box::new(rows));
+                mine.rows.offer(Box::new(rows));
             }
         }
     }
 
-    /// Serves a pending dump request, before creating a key.
+    /// Serves a pending dump request, before creating a key; then takes it down, so that a
+    /// request whose owner is gone (it panicked, or stopped) never stays up.
     fn help_dump(&self) {
         let pin = pin();
         if let Some(request) = self.dumps.peek(&pin) {
@@ -260,6 +260,14 @@ where
                     request.rows.offer(Box::new(rows));
                 }
             }
+            self.dumps.remove(&pin, request);
+        }
+    }
+
+    /// Takes down a request that was served (its owner keeps its own reference to it).
+    fn clear_served(&self, pin: &crate::primitive::Guard) {
+        if let Some(request) = self.dumps.peek(pin).filter(|r| r.rows.is_filled()) {
+            self.dumps.remove(pin, request);
         }
     }
 

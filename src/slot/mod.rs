@@ -71,18 +71,15 @@ const SNAP: usize = 0b10;
 
 /// A snapshot's claim on one slot: it freezes `before` until the snapshot is decided.
 struct SnapClaim<K, V> {
-    before: *const Record<V>,
+    before: *mut Record<V>,
     txn: *const Txn<K, V>,
 }
 
-impl<K, V> SnapClaim<K, V> {
-    fn before(&self) -> Option<&Record<V>> {
-        // SAFETY: the record this claim froze stays logical (owned by the slot) while the
-        // claim is in the slot, and is retired only after it leaves; callers reach the claim
-        // under a pin, which outlives this borrow.
-        unsafe { self.before.as_ref() }
-    }
+/// A record some claim froze, as the protocol passes it on to be noted; valid under the pin
+/// `'g`. Memory is freed only through pointers like this one, never through a reference.
+pub(crate) struct Frozen<'g, V>(*mut Record<V>, PhantomData<&'g Record<V>>);
 
+impl<K, V> SnapClaim<K, V> {
     fn txn(&self) -> &Txn<K, V> {
         // SAFETY: a descriptor outlives every claim that points at it (module docs).
         unsafe { &*self.txn }
@@ -103,12 +100,17 @@ impl<K, V> Clone for Loaded<'_, K, V> {
 impl<K, V> Copy for Loaded<'_, K, V> {}
 
 enum Node<'g, K, V> {
-    Plain(Option<&'g Record<V>>),
+    Plain,
     Claim(&'g Entry<K, V>),
     Snap(&'g SnapClaim<K, V>),
 }
 
 impl<'g, K, V> Loaded<'g, K, V> {
+    /// The node's address, with the provenance of the allocation it came from.
+    fn ptr<T>(self) -> *mut T {
+        (self.word & !TAG) as *mut T
+    }
+
     fn node(self) -> Node<'g, K, V> {
         let ptr = self.word & !TAG;
         // SAFETY: the word was loaded from a slot under the guard that 'g borrows. A node is
@@ -118,17 +120,23 @@ impl<'g, K, V> Loaded<'g, K, V> {
             match self.word & TAG {
                 CLAIM => Node::Claim(&*(ptr as *const Entry<K, V>)),
                 SNAP => Node::Snap(&*(ptr as *const SnapClaim<K, V>)),
-                _ => Node::Plain((ptr as *const Record<V>).as_ref()),
+                _ => Node::Plain,
             }
         }
     }
 
     /// The committed record this load stands for (`None`: version 0, no value).
     pub(crate) fn logical(self) -> Option<&'g Record<V>> {
+        // SAFETY: a logical record is owned by its slot and retired only after a
+        // compare-and-swap takes it out; this load was made under the pin 'g (as in `node`).
+        unsafe { self.logical_ptr().as_ref() }
+    }
+
+    fn logical_ptr(self) -> *mut Record<V> {
         match self.node() {
-            Node::Plain(record) => record,
-            Node::Claim(entry) => entry.logical(),
-            Node::Snap(snap) => snap.before(),
+            Node::Plain => self.ptr(),
+            Node::Claim(entry) => entry.logical_ptr(),
+            Node::Snap(snap) => snap.before,
         }
     }
 
@@ -139,18 +147,22 @@ impl<'g, K, V> Loaded<'g, K, V> {
     /// The transaction of an undecided claim here: help it, never replace it (I1).
     pub(crate) fn blocker(self) -> Option<&'g Txn<K, V>> {
         let txn = match self.node() {
-            Node::Plain(_) => return None,
+            Node::Plain => return None,
             Node::Claim(entry) => entry.txn(),
             Node::Snap(snap) => snap.txn(),
         };
         (txn.status() == Status::Undecided).then_some(txn)
     }
 
-    /// Whether this is a claim of `txn`; for a snapshot claim, also the record it froze.
-    pub(crate) fn claim_of(self, txn: &Txn<K, V>) -> Option<Option<&'g Record<V>>> {
+    /// Whether this is a claim of `txn`; if so, also the record it froze.
+    pub(crate) fn claim_of(self, txn: &Txn<K, V>) -> Option<Frozen<'g, V>> {
         match self.node() {
-            Node::Claim(entry) if std::ptr::eq(entry.txn(), txn) => Some(entry.logical()),
-            Node::Snap(snap) if std::ptr::eq(snap.txn, txn) => Some(snap.before()),
+            Node::Claim(entry) if std::ptr::eq(entry.txn(), txn) => {
+                Some(Frozen(entry.logical_ptr(), PhantomData))
+            }
+            Node::Snap(snap) if std::ptr::eq(snap.txn, txn) => {
+                Some(Frozen(snap.before, PhantomData))
+            }
             _ => None,
         }
     }
@@ -193,9 +205,9 @@ impl<K, V> Slot<K, V> {
         }
         let new = Box::into_raw(record);
         if self.cas(current.word, new as usize) {
-            retire_record(pin, current.logical());
-            if let Node::Snap(snap) = current.node() {
-                retire_snap(pin, snap);
+            retire_record(pin, current.logical_ptr());
+            if let Node::Snap(_) = current.node() {
+                retire_snap::<K, V>(pin, current.ptr());
             }
             Ok(())
         } else {
@@ -219,13 +231,14 @@ impl<K, V> Slot<K, V> {
             return false;
         }
         // Every installer stores the same record here: the one of this version (I4).
-        entry.freeze(current.logical());
-        let claim = entry as *const Entry<K, V> as usize | CLAIM;
+        entry.freeze(current.logical_ptr());
+        let claim = entry.address() | CLAIM;
         if !self.cas(current.word, claim) {
             return false;
         }
-        if let Node::Snap(snap) = current.node() {
-            retire_snap(pin, snap); // its `before` stays logical, as this claim's `before`
+        if let Node::Snap(_) = current.node() {
+            // Its `before` stays logical, as this claim's `before`.
+            retire_snap::<K, V>(pin, current.ptr());
         }
         if claimer.txn().status() != Status::Undecided {
             // Late: the transaction was decided meanwhile. Take the claim out again before
@@ -242,13 +255,13 @@ impl<K, V> Slot<K, V> {
         pin: &'g Guard,
         current: Loaded<'g, K, V>,
         claimer: Claimer<'_, K, V>,
-    ) -> Option<Option<&'g Record<V>>> {
+    ) -> Option<Frozen<'g, V>> {
         if current.blocker().is_some() {
             return None;
         }
-        let before = current.logical();
+        let before = current.logical_ptr();
         let node = Box::into_raw(Box::new(SnapClaim {
-            before: before.map_or(std::ptr::null(), |r| r as *const Record<V>),
+            before,
             txn: claimer.txn() as *const Txn<K, V>,
         }));
         if !self.cas(current.word, node as usize | SNAP) {
@@ -256,25 +269,22 @@ impl<K, V> Slot<K, V> {
             drop(unsafe { Box::from_raw(node) });
             return None;
         }
-        if let Node::Snap(snap) = current.node() {
-            retire_snap(pin, snap);
+        if let Node::Snap(_) = current.node() {
+            retire_snap::<K, V>(pin, current.ptr());
         }
         if claimer.txn().status() != Status::Undecided {
             self.release_snapshot_claim(pin, claimer.txn()); // late, as in `install_claim`
         }
-        Some(before)
+        Some(Frozen(before, PhantomData))
     }
 
     /// Takes `entry`'s claim out of this slot, if it is there, leaving its logical record
     /// (fixed: the transaction is decided).
     pub(crate) fn release(&self, entry: &Entry<K, V>) {
         debug_assert!(entry.txn().status() != Status::Undecided);
-        let claim = entry as *const Entry<K, V> as usize | CLAIM;
+        let claim = entry.address() | CLAIM;
         if self.word.load(SeqCst) == claim {
-            let logical = entry
-                .logical()
-                .map_or(0, |r| r as *const Record<V> as usize);
-            self.cas(claim, logical);
+            self.cas(claim, entry.logical_ptr() as usize);
         }
     }
 
@@ -283,7 +293,7 @@ impl<K, V> Slot<K, V> {
         let current = self.load(pin);
         if let Node::Snap(snap) = current.node() {
             if std::ptr::eq(snap.txn, txn) && self.cas(current.word, snap.before as usize) {
-                retire_snap(pin, snap);
+                retire_snap::<K, V>(pin, current.ptr());
             }
         }
     }
@@ -304,43 +314,43 @@ impl<K, V> Drop for Slot<K, V> {
                 CLAIM => {
                     let entry = &*(ptr as *const Entry<K, V>);
                     entry.txn().decide(Status::Aborted);
-                    free_record(entry.logical());
+                    free_record(entry.logical_ptr());
                 }
                 SNAP => {
                     let snap = Box::from_raw(ptr as *mut SnapClaim<K, V>);
-                    free_record(snap.before());
+                    free_record(snap.before);
                 }
-                _ => free_record((ptr as *const Record<V>).as_ref()),
+                _ => free_record(ptr as *mut Record<V>),
             }
         }
     }
 }
 
-/// Retires a record that stopped being logical (module docs: ownership).
-fn retire_record<V>(pin: &Guard, record: Option<&Record<V>>) {
-    let Some(record) = record else { return };
-    let ptr = record as *const Record<V> as *mut Record<V>;
+/// Retires a record that stopped being logical (module docs: ownership); null is no record.
+fn retire_record<V>(pin: &Guard, record: *mut Record<V>) {
+    if record.is_null() {
+        return;
+    }
     // SAFETY: the caller made it unreachable from every slot with its compare-and-swap, and
-    // retires it exactly once (module docs); threads pinned before still may read it, so it
+    // retires it exactly once (module docs); threads pinned before may still read it, so it
     // is freed only after they unpin. The closure holds one pointer and frees it once.
-    unsafe { pin.defer_unchecked(move || drop_caught(Box::from_raw(ptr))) }
+    unsafe { pin.defer_unchecked(move || free_record(record)) }
 }
 
-fn retire_snap<K, V>(pin: &Guard, snap: &SnapClaim<K, V>) {
-    let ptr = snap as *const SnapClaim<K, V> as *mut SnapClaim<K, V>;
-    // SAFETY: as in `retire_record`: the caller took the node out of its slot with a
-    // successful compare-and-swap, which happens once per node.
-    unsafe { pin.defer_unchecked(move || drop(Box::from_raw(ptr))) }
+/// Retires a snapshot claim node that a successful compare-and-swap took out of its slot.
+fn retire_snap<K, V>(pin: &Guard, snap: *mut SnapClaim<K, V>) {
+    // SAFETY: as in `retire_record`: a node leaves its slot once.
+    unsafe { pin.defer_unchecked(move || drop(Box::from_raw(snap))) }
 }
 
-/// Frees a record nobody else can reach, now.
+/// Frees a record nobody else can reach, now; null is no record.
 ///
 /// # Safety
-/// `record` came from `Box::into_raw` and is unreachable by every other thread.
-pub(super) unsafe fn free_record<V>(record: Option<&Record<V>>) {
-    if let Some(record) = record {
+/// `record` is null or came from `Box::into_raw`, and no other thread can reach it.
+pub(super) unsafe fn free_record<V>(record: *mut Record<V>) {
+    if !record.is_null() {
         // SAFETY: the caller's contract.
-        drop_caught(unsafe { Box::from_raw(record as *const Record<V> as *mut Record<V>) });
+        drop_caught(unsafe { Box::from_raw(record) });
     }
 }
 

@@ -18,11 +18,13 @@ impl<T> Shelf<T> {
         }
     }
 
-    /// Puts `item` on the shelf if it is empty; otherwise hands it back.
-    pub(crate) fn put(&self, item: Box<T>) -> Result<(), Box<T>> {
+    /// Puts `item` on the shelf if it is empty, and returns it as put there; otherwise hands it
+    /// back.
+    pub(crate) fn put<'g>(&self, _pin: &'g Guard, item: Box<T>) -> Result<&'g T, Box<T>> {
         let ptr = Box::into_raw(item);
         match self.item.compare_exchange(0, ptr as usize, SeqCst, SeqCst) {
-            Ok(_) => Ok(()),
+            // SAFETY: as in `peek`: retired only by `remove`, freed after this pin is gone.
+            Ok(_) => Ok(unsafe { &*ptr }),
             // SAFETY: `ptr` came from `Box::into_raw` above and was not published.
             Err(_) => Err(unsafe { Box::from_raw(ptr) }),
         }
@@ -35,7 +37,8 @@ impl<T> Shelf<T> {
         unsafe { ptr.as_ref() }
     }
 
-    /// Takes `item` (found by `peek`) off the shelf and retires it.
+    /// Takes `item` (found by `peek` or `put`) off the shelf and retires it, unless someone
+    /// else already did.
     pub(crate) fn remove(&self, pin: &Guard, item: &T) {
         let ptr = item as *const T as usize;
         if self.item.compare_exchange(ptr, 0, SeqCst, SeqCst).is_ok() {

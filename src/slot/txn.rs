@@ -6,7 +6,7 @@
 use std::alloc::{self, Layout};
 use std::ptr::{self, NonNull};
 
-use super::{free_record, Record, Slot};
+use super::{free_record, Frozen, Record, Slot};
 use crate::primitive::{pin, AtomicU8, AtomicUsize, Guard, Ordering::Release, Ordering::SeqCst};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub(crate) struct Txn<K, V> {
     /// The owner's count (until its claims are out of their slots) plus one per helper.
     refs: AtomicUsize,
     len: usize,
+    /// The allocation, for freeing it (never through a shared reference).
+    this: *mut Txn<K, V>,
     _entries: [Entry<K, V>; 0],
 }
 
@@ -114,7 +116,7 @@ impl<K, V> Txn<K, V> {
 
     fn unref(&self, pin: &Guard) {
         if self.refs.fetch_sub(1, SeqCst) == 1 {
-            let ptr = self as *const Self as *mut Self;
+            let ptr = self.this;
             // SAFETY: the count is zero: the owner has taken every claim out of its slot and
             // no helper can install one any more (`hold` fails), so nothing reaches the
             // descriptor except threads pinned now. It is freed once, after they unpin.
@@ -137,7 +139,7 @@ impl<K, V> Txn<K, V> {
             for entry in txn.entries().iter().filter(|e| e.writes()) {
                 match txn.status() {
                     Status::Committed => free_record(entry.before()),
-                    _ => free_record(entry.after.as_ref()),
+                    _ => free_record(entry.after),
                 }
             }
             alloc::dealloc(ptr.cast(), Self::layout(txn.len));
@@ -161,15 +163,18 @@ impl<K, V> Entry<K, V> {
         !self.after.is_null()
     }
 
-    fn before(&self) -> Option<&Record<V>> {
-        let frozen = self.frozen.load(SeqCst);
-        // SAFETY: a frozen record is logical while the claim is in its slot, or retired once
-        // it stops being so; callers read it under the pin under which they found the claim.
-        unsafe { ((frozen & !1) as *const Record<V>).as_ref() }
+    /// The address of this entry, which is also its claim.
+    pub(super) fn address(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// The record the claim froze (null: none, or not yet known).
+    fn before(&self) -> *mut Record<V> {
+        (self.frozen.load(SeqCst) & !1) as *mut Record<V>
     }
 
     /// The claim's logical record: `after` once committed, `before` otherwise.
-    pub(crate) fn logical(&self) -> Option<&Record<V>> {
+    pub(super) fn logical_ptr(&self) -> *mut Record<V> {
         let committed = match self.txn().status() {
             Status::Committed => true,
             // The deliberate breakage `dirty_read` shows undecided writes.
@@ -177,24 +182,24 @@ impl<K, V> Entry<K, V> {
             Status::Aborted => false,
         };
         if committed && self.writes() {
-            // SAFETY: a committed transaction's `after` records belong to their slots.
-            unsafe { self.after.as_ref() }
+            self.after
         } else {
             self.before()
         }
     }
 
-    pub(super) fn freeze(&self, record: Option<&Record<V>>) {
-        let ptr = record.map_or(0, |r| r as *const Record<V> as usize);
-        self.frozen.store(ptr | 1, Release); // published by the claim's compare-and-swap
+    pub(super) fn freeze(&self, record: *mut Record<V>) {
+        // Published by the claim's compare-and-swap.
+        self.frozen.store(record as usize | 1, Release);
     }
 
     /// Notes the record a snapshot claim froze; the first note wins (a note made after the
     /// decision, by a late helper, may be of a later claim, but never comes first: the
     /// decider noted every entry before deciding).
-    pub(crate) fn note(&self, record: Option<&Record<V>>) {
-        let ptr = record.map_or(0, |r| r as *const Record<V> as usize);
-        let _ = self.frozen.compare_exchange(0, ptr | 1, SeqCst, SeqCst);
+    pub(crate) fn note(&self, record: Frozen<'_, V>) {
+        let _ = self
+            .frozen
+            .compare_exchange(0, record.0 as usize | 1, SeqCst, SeqCst);
     }
 
     /// The record noted by `note`, for the snapshot's owner, who has been pinned since
@@ -253,10 +258,7 @@ impl<K, V> Owner<K, V> {
                 unsafe {
                     let first = (*self.txn.as_ptr())._entries.as_mut_ptr();
                     for i in 0..self.built {
-                        let after = (*first.add(i)).after;
-                        if !after.is_null() {
-                            drop(Box::from_raw(after));
-                        }
+                        free_record((*first.add(i)).after);
                     }
                     alloc::dealloc(self.txn.as_ptr().cast(), self.layout);
                 }
@@ -275,6 +277,7 @@ impl<K, V> Owner<K, V> {
                 kind,
                 refs: AtomicUsize::new(1),
                 len,
+                this: raw,
                 _entries: [],
             });
             let first = (*raw)._entries.as_mut_ptr();
