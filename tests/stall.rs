@@ -3,7 +3,10 @@
 //! the committed state, not the stalled commit's pending one) and commit on them, all while the
 //! stalled thread is blocked; a watchdog turns a hang into a failure. When the stalled commit
 //! resumes, its answer must match what happened to the store; a stalled commit that is
-//! dropped instead leaves nothing claimed.
+//! dropped instead leaves nothing claimed; one whose owner is forgotten (`mem::forget`) is
+//! finished or aborted whole by whoever runs into it, and never seen half done. Large stalled
+//! commits (16 000 keys), and chains of 8 000 stalled commits each blocking the one before, are
+//! helped to their end by a single-key commit.
 #![cfg(feature = "test-hooks")]
 
 mod common;
@@ -441,4 +444,281 @@ fn dropped_stalled_commit_can_be_committed_again() {
     c[&0].set(3);
     assert_eq!(c.commit_paused(0).resume(), Ok(()));
     assert_eq!(balances(&store), [(3, 3), (2, 2)]);
+}
+
+/// P (keys 0, 1, 2) moves 30 from key 0 to keys 1 (+10) and 2 (+20), claims key 0 and stalls;
+/// then its owner is forgotten (`mem::forget` of the paused commit): nobody will ever resume or
+/// drop it. Returns P's handles' `(version, value)` afterwards: unchanged, pending values shown.
+fn forgotten_commit(store: &Bank) -> Vec<(u64, i64)> {
+    let mut c = store.using([0, 1, 2]).unwrap();
+    for (k, delta) in [(0, -30), (1, 10), (2, 20)] {
+        let x = *c[&k].value().unwrap();
+        c[&k].set(x + delta);
+    }
+    std::mem::forget(c.commit_paused(1));
+    c.iter()
+        .map(|(_, v)| (v.version(), *v.value().unwrap()))
+        .collect()
+}
+
+/// P's three writes, all visible: what the store holds once P landed (nothing else written).
+const P_LANDED: [(u64, i64); 3] = [(2, START - 30), (2, START + 10), (2, START + 20)];
+
+#[test]
+fn a_forgotten_paused_commit_is_finished_whole_by_whoever_runs_into_it() {
+    // Catches: a claim whose owner is gone blocking a key forever (the watchdog), a read that
+    // shows the forgotten commit's pending writes, and a helper that finishes only part of it.
+    let store = bank(3);
+    let before = balances(&store);
+    let handles = forgotten_commit(&store);
+    assert_eq!(handles, [(1, START - 30), (1, START + 10), (1, START + 20)]);
+    let s = store.clone();
+    let (seen, first, again) = within("a commit on a forgotten commit's key", move || {
+        // Reads neither wait nor help: the old state.
+        let c = s.using([0, 1, 2]).unwrap();
+        let seen: Vec<_> = c.iter().map(|(_, v)| *v.value().unwrap()).collect();
+        let dump = balances(&s);
+        // A commit on key 0 runs into the claim, helps P to its end (P read fresh values: it
+        // commits), then fails: it read key 0 before P landed.
+        let add = |k: u32| {
+            let mut v = s.usevar(k).unwrap();
+            let read = (v.version(), *v.value().unwrap());
+            v.set(read.1 + 1);
+            (read, v.commit())
+        };
+        let first = add(0);
+        assert_eq!(balances(&s), P_LANDED, "P did not land whole");
+        ((seen, dump), first, add(0))
+    });
+    assert_eq!(seen.0, [START; 3]);
+    assert_eq!(seen.1, before);
+    assert_eq!(first, ((1, START), Err(Error::ConcurrentUpdate)));
+    assert_eq!(again, ((2, START - 30), Ok(())));
+    assert_eq!(
+        balances(&store),
+        [(3, START - 29), P_LANDED[1], P_LANDED[2]]
+    );
+}
+
+#[test]
+fn a_forgotten_paused_commit_that_conflicts_is_aborted_whole() {
+    // Key 1 changes after P read it; a commit on key 0 then runs into P's claim: helping P finds
+    // the conflict and aborts it, so none of P's writes appear. Catches: a helper that writes
+    // P's claimed key 0 anyway (half a commit), or that cannot get past a forgotten claim.
+    let store = bank(3);
+    let _ = forgotten_commit(&store);
+    let s = store.clone();
+    within("commits around a forgotten commit", move || {
+        let mut one = s.usevar(1).unwrap();
+        one.set(START + 5);
+        assert_eq!(one.commit(), Ok(()));
+        let mut zero = s.usevar(0).unwrap();
+        assert_eq!((zero.version(), zero.value()), (1, Some(&START)));
+        zero.set(START - 5);
+        assert_eq!(zero.commit(), Ok(()), "P should have been aborted");
+    });
+    assert_eq!(
+        balances(&store),
+        [(2, START - 5), (2, START + 5), (1, START)]
+    );
+}
+
+#[test]
+fn a_forgotten_paused_commit_is_never_seen_half_done_under_load() {
+    // P conserves the total, as the workers' transfers do: any snapshot that saw some of P's
+    // writes and not the others would see money appear or vanish. Workers commit on all three
+    // keys (single- and multi-key) and audit the total with `using` and `dump` while P's claim
+    // sits in key 0; at the end P's writes are all there or none are (versions add up either
+    // way), and the store still commits on every key. Catches: a torn read of a commit whose
+    // owner is gone, a helper that completes part of it, and a key left blocked.
+    const WORKERS: u64 = 2;
+    const TRANSFERS: u64 = 200 * SCALE;
+    let store = bank(3);
+    let _ = forgotten_commit(&store);
+    let s = store.clone();
+    let transfers = within("commits around a forgotten commit", move || {
+        let start = Arc::new(Barrier::new(WORKERS as usize));
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let (s, start) = (s.clone(), start.clone());
+                thread::spawn(move || {
+                    let mut rng = XorShift::new(w + 500);
+                    let mut transfers = 0;
+                    start.wait();
+                    for i in 0..TRANSFERS {
+                        let multi = i % 3 != 0;
+                        transfer(&s, &mut rng, 3, multi);
+                        transfers += multi as u64;
+                        let c = s.using(0..3).unwrap();
+                        let total: i64 = c.iter().map(|(_, v)| v.value().unwrap()).sum();
+                        assert_eq!(total, 3 * START, "torn using: {c:?}");
+                        let dump = balances(&s);
+                        let total: i64 = dump.iter().map(|(_, x)| x).sum();
+                        assert_eq!(total, 3 * START, "torn dump: {dump:?}");
+                    }
+                    transfers
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum::<u64>()
+    });
+    let end = balances(&store);
+    assert_eq!(end.iter().map(|(_, x)| x).sum::<i64>(), 3 * START);
+    let singles = WORKERS * TRANSFERS - transfers;
+    let versions: u64 = end.iter().map(|(v, _)| v).sum();
+    let p_writes = versions - (3 + singles + 2 * transfers);
+    assert!(
+        p_writes == 0 || p_writes == 3,
+        "P's writes that landed: {p_writes} of 3"
+    );
+    // The store still works: every key commits at the first try.
+    let s = store.clone();
+    within("commits after the load", move || {
+        let mut c = s.using(0..3).unwrap();
+        c.values_mut().for_each(|v| {
+            let x = *v.value().unwrap();
+            v.set(x);
+        });
+        assert_eq!(c.commit(), Ok(()));
+    });
+}
+
+/// Keys of the large stalled commit below: P writes keys `0..BIG`, and stalls after claiming
+/// the first `BIG_CLAIMED` (slot order is key order: `bank` creates them in order).
+const BIG: u32 = 16_000;
+const BIG_CLAIMED: usize = 8_000;
+
+/// P: a commit that writes START + 1 to every key of `0..BIG`, stopped after claiming
+/// `BIG_CLAIMED` keys. Returns the collection; the caller pauses it.
+fn big_writer(store: &Bank) -> stm_store::Collection<'_, u32, i64> {
+    let mut p = store.using(0..BIG).unwrap();
+    p.values_mut().for_each(|v| v.set(START + 1));
+    p
+}
+
+/// `(version, value)` of every key of `store`, run-length encoded: `(count, version, value)`.
+fn runs(store: &Bank) -> Vec<(usize, u64, i64)> {
+    let mut runs: Vec<(usize, u64, i64)> = Vec::new();
+    for (version, value) in balances(store) {
+        match runs.last_mut() {
+            Some((count, v, x)) if (*v, *x) == (version, value) => *count += 1,
+            _ => runs.push((1, version, value)),
+        }
+    }
+    runs
+}
+
+#[test]
+fn a_large_stalled_commit_is_helped_to_its_end_by_a_single_key_commit() {
+    // P (16 000 keys) stalls after claiming 8 000; a thread commits key 7 999 (P's last claim)
+    // alone: it must finish P's 8 000 remaining claims and decision, whole, before its own
+    // commit can be judged (it then fails: it read key 7 999 before P landed). No timing is
+    // asserted; helping resumes P where it was blocked, so this is linear in P's size (a helper
+    // that restarted P, or rescanned its entries per claim, would make it quadratic, and slow
+    // this test down by orders of magnitude). Catches: a helper that finishes part of a large
+    // commit, or decides it before claiming every key; a single-key commit that overwrites an
+    // undecided claim; a paused commit that reports something else than what happened.
+    let store = bank(BIG);
+    let mut p = big_writer(&store);
+    let paused = p.commit_paused(BIG_CLAIMED);
+    assert_eq!(
+        runs(&store),
+        [(BIG as usize, 1, START)],
+        "P is not visible yet"
+    );
+    let s = store.clone();
+    let single = within(
+        "a single-key commit on a large stalled commit's key",
+        move || {
+            let mut v = s.usevar(BIG_CLAIMED as u32 - 1).unwrap();
+            let read = (v.version(), *v.value().unwrap());
+            v.set(read.1 + 5);
+            (read, v.commit())
+        },
+    );
+    assert_eq!(single, ((1, START), Err(Error::ConcurrentUpdate)));
+    assert_eq!(
+        runs(&store),
+        [(BIG as usize, 2, START + 1)],
+        "P did not land whole"
+    );
+    assert_eq!(paused.resume(), Ok(()));
+    assert!(p
+        .iter()
+        .all(|(_, v)| (v.version(), v.value()) == (2, Some(&(START + 1)))));
+}
+
+#[test]
+fn a_large_stalled_commit_is_helped_through_a_long_chain_of_stalled_commits() {
+    // P (keys 0..16 000) stalls after claiming 8 000 keys; then for each key j of P's last
+    // 8 000, Q_j, a read-only commit of keys j and j + 1, stalls after claiming key j. A commit
+    // on P's key 0 runs into P, which runs into Q_8000, which runs into Q_8001, ... : a chain
+    // of 8 000 stalled commits, each to be helped to its end before the one before it can go
+    // on. All of them must land (the Qs only validate), P whole. Catches: helping by recursion
+    // (8 000 nested frames overflow a thread's stack), a helper that loses its place in P or
+    // in a Q when it comes back from helping, and helping that restarts from P's first entry
+    // after each of the 8 000 helps (quadratic: no time is asserted, but it would be slow).
+    let store = bank(BIG + 1);
+    let mut p = big_writer(&store);
+    let paused = p.commit_paused(BIG_CLAIMED);
+    let mut qs: Vec<_> = (BIG_CLAIMED as u32..BIG)
+        .map(|j| store.using([j, j + 1]).unwrap())
+        .collect();
+    let paused_qs: Vec<_> = qs.iter_mut().map(|q| q.commit_paused(1)).collect();
+    let s = store.clone();
+    let single = within("a commit behind a chain of stalled commits", move || {
+        let mut v = s.usevar(0).unwrap();
+        let read = (v.version(), *v.value().unwrap());
+        v.set(read.1 + 5);
+        (read, v.commit())
+    });
+    assert_eq!(single, ((1, START), Err(Error::ConcurrentUpdate)));
+    assert_eq!(
+        runs(&store),
+        [(BIG as usize, 2, START + 1), (1, 1, START)],
+        "P did not land whole"
+    );
+    for q in paused_qs {
+        assert_eq!(q.resume(), Ok(()), "a read-only Q failed");
+    }
+    assert_eq!(paused.resume(), Ok(()));
+    drop(qs);
+    // The store still works: the key P just wrote commits at once.
+    let mut v = store.usevar(0).unwrap();
+    v.set(0);
+    assert_eq!(v.commit(), Ok(()));
+}
+
+#[test]
+fn a_large_stalled_commit_that_conflicts_is_aborted_whole() {
+    // As above, but key 12 000 (not claimed yet) changes first; the commit on key 0 then
+    // helps P, which finds the conflict at key 12 000 and is aborted: none of its 16 000 writes
+    // appear, and the commit on key 0 lands. Catches: an abort that leaves some of P's claimed
+    // keys written, and a helper that aborts the wrong transaction.
+    let store = bank(BIG);
+    let mut p = big_writer(&store);
+    let paused = p.commit_paused(BIG_CLAIMED);
+    let s = store.clone();
+    let results = within("commits around a large stalled commit", move || {
+        let mut far = s.usevar(12_000).unwrap();
+        far.set(0);
+        let far = far.commit();
+        let mut zero = s.usevar(0).unwrap();
+        zero.set(START + 5);
+        (far, zero.commit())
+    });
+    assert_eq!(results, (Ok(()), Ok(())));
+    assert_eq!(
+        runs(&store),
+        [
+            (1, 2, START + 5),
+            (11_999, 1, START),
+            (1, 2, 0),
+            (BIG as usize - 12_001, 1, START)
+        ]
+    );
+    assert_eq!(paused.resume(), Err(Error::ConcurrentUpdate));
+    assert!(p
+        .iter()
+        .all(|(_, v)| (v.version(), v.value()) == (1, Some(&(START + 1)))));
 }

@@ -3,7 +3,8 @@
 //! by side and panic on the first difference.
 //!
 //! This one file is shared by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`) and the stable
-//! replay test (`tests/fuzz_corpus.rs`); it depends on nothing but `stm_store` and `std`.
+//! replay test (`tests/fuzz_corpus.rs`); it depends on nothing but `stm_store`, `std` and
+//! `crossbeam-epoch` (to advance the epoch before counting what reclamation has freed).
 //!
 //! * [`run_ops`]: one client, at most [`MAX_HANDLES`] live handles over [`KEYS`] keys. Every
 //!   answer of the store (`Ok` or which error, versions, values, collection contents, `dump`)
@@ -24,15 +25,17 @@
 //! leaves them clean holding the new version and value.
 #![allow(dead_code)]
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::{self, Debug, Write as _};
+use std::sync::atomic::{AtomicIsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use stm_store::{Collection, Error, Store, Value};
 
 /// Key type of the store under test.
 pub type K = u8;
-/// Value type of the store under test: [`N`] with a count of live instances.
+/// Value type of the store under test: [`N`] with a count of live copies.
 pub type V = Val;
 /// A value as the model and the decoder see it.
 pub type N = u16;
@@ -54,67 +57,141 @@ pub const PAUSE_SUPPORTED: bool = cfg!(feature = "test-hooks");
 // Values that count themselves
 // ---------------------------------------------------------------------------------------------
 
-thread_local! {
-    /// Live [`Val`]s created on this thread (each run stays on one thread).
-    static LIVE: Cell<usize> = const { Cell::new(0) };
+/// Live [`Val`]s of one run, every copy counted (a read clones the value out of the store). The
+/// values hold the counter themselves: replaced values are dropped by deferred (epoch-based)
+/// reclamation, some time after they were replaced and on whichever thread collects, so a
+/// thread-local count would be wrong, and runs in parallel (the replay test) must not mix.
+#[derive(Clone, Default)]
+pub struct Live(Arc<AtomicIsize>);
+
+impl Live {
+    /// Copies alive now (negative: some copy was dropped twice).
+    fn get(&self) -> isize {
+        self.0.load(SeqCst)
+    }
 }
 
-/// The store's value type: a number that counts its live instances, so a run can check what
-/// the store keeps alive (semantics 9). LeakSanitizer cannot do this: it does not report memory
+/// The store's value type: a number that counts its live copies, so a run can check what the
+/// store keeps alive (semantics 9). LeakSanitizer cannot do this: it does not report memory
 /// that is only kept alive by a reference cycle, such as `Slot -> claim -> Txn -> entries ->
-/// Slot`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Val(N);
+/// Slot`, nor memory that is freed only when the process ends.
+pub struct Val {
+    n: N,
+    live: Live,
+}
 
 impl Val {
-    fn new(n: N) -> Self {
-        LIVE.with(|live| live.set(live.get() + 1));
-        Val(n)
+    fn new(live: &Live, n: N) -> Self {
+        live.0.fetch_add(1, SeqCst);
+        Val {
+            n,
+            live: live.clone(),
+        }
     }
 
     fn get(&self) -> N {
-        self.0
+        self.n
     }
 }
 
 impl Clone for Val {
     fn clone(&self) -> Self {
-        Val::new(self.0)
+        Val::new(&self.live, self.n)
     }
 }
 
 impl Drop for Val {
     fn drop(&mut self) {
-        LIVE.with(|live| live.set(live.get() - 1));
+        self.live.0.fetch_sub(1, SeqCst);
     }
 }
 
-fn live_values() -> usize {
-    LIVE.with(Cell::get)
+impl Debug for Val {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Val({})", self.n)
+    }
 }
 
-/// Checks semantics 9 while a run goes on: live handles hold at most two values per member (the
-/// one read and a pending one), a stopped commit also the records its claims replaced (one per
-/// member), and each key its latest record plus the transient state of its last commit (two).
-fn check_memory(live: usize, members: usize, paused: usize, keys: usize) -> Result<(), String> {
-    let bound = 2 * members + paused + 2 * keys;
-    if live <= bound {
+impl PartialEq for Val {
+    fn eq(&self, other: &Self) -> bool {
+        self.n == other.n
+    }
+}
+
+impl Eq for Val {}
+
+/// How long a memory check keeps advancing the epoch before it gives up on values that are due
+/// to be freed: a liveness bound, not a performance threshold (one run alone needs a few
+/// flushes; the replay test runs several at once, and a pinned thread that the OS descheduled
+/// holds the epoch back).
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Advances crossbeam-epoch (for at most [`SETTLE_LIMIT`]) until at most `target` values are
+/// alive, and returns how many are. Replaced values are freed by deferred reclamation:
+/// `pin().flush()` hands this thread's deferred drops to the global queue, tries to advance the
+/// epoch and runs what has expired. Reclamation only lowers the count: a value that leaks keeps
+/// it above `target` for good.
+fn settle(live: &Live, target: isize) -> isize {
+    let start = Instant::now();
+    for round in 0u64.. {
+        let now = live.get();
+        if now <= target || start.elapsed() > SETTLE_LIMIT {
+            return now;
+        }
+        crossbeam_epoch::pin().flush();
+        if round >= 1_000 {
+            std::thread::sleep(Duration::from_millis(1));
+        } else if round % 64 == 63 {
+            std::thread::yield_now();
+        }
+    }
+    unreachable!()
+}
+
+/// Checks semantics 9 while a run goes on, once the epoch has moved on: live handles hold at
+/// most two values per member (the one read and a pending one), a stopped commit also the
+/// copies it is to write (one per member), and each key exactly its latest record (replaced
+/// records, and an aborted commit's copies, are freed by reclamation).
+fn check_memory(live: &Live, members: usize, paused: usize, keys: usize) -> Result<(), String> {
+    let bound = (2 * members + paused + keys) as isize;
+    let now = settle(live, bound);
+    if (0..=bound).contains(&now) {
         return Ok(());
     }
     Err(format!(
-        "memory: {live} values are alive, but {members} handle members ({paused} of them in a \
-         stopped commit) and {keys} keys may keep at most {bound} (semantics 9: old values are \
-         freed no later than the key's next write)"
+        "memory: {now} values are alive after advancing the epoch, but {members} handle members \
+         ({paused} of them in a stopped commit) and {keys} keys may keep at most {bound} \
+         (semantics 9: replaced records are reclaimed; a negative count is a double drop)"
     ))
 }
 
-/// After the store and every handle are dropped, nothing may be left (semantics 9).
-fn check_all_freed(base: usize) -> Result<(), String> {
-    match live_values() - base {
+/// `ops`: once the epoch has moved on, exactly the values the model accounts for are alive.
+fn check_memory_exact(live: &Live, expected: usize) -> Result<(), String> {
+    let expected = expected as isize;
+    match settle(live, expected) {
+        now if now == expected => Ok(()),
+        now if now > expected => Err(format!(
+            "memory: {now} values are alive after advancing the epoch, the model accounts for \
+             {expected} (the stores' latest values and the handles' copies): {} leaked or not \
+             reclaimed (semantics 9)",
+            now - expected
+        )),
+        now => Err(format!(
+            "memory: {now} values are alive, the model accounts for {expected}: a value was \
+             dropped twice, or a store or handle lost one"
+        )),
+    }
+}
+
+/// After the stores and every handle are dropped, and the epoch has moved on, nothing may be
+/// left (semantics 9).
+fn check_all_freed(live: &Live) -> Result<(), String> {
+    match settle(live, 0) {
         0 => Ok(()),
         left => Err(format!(
             "memory: {left} values are still alive after the store and every handle were \
-             dropped (semantics 9: everything is freed when the store is dropped)"
+             dropped and the epoch advanced (semantics 9: everything is freed once the store is \
+             dropped; a negative count is a double drop)"
         )),
     }
 }
@@ -170,7 +247,8 @@ pub enum Op {
     Drop { slot: usize },
     /// read the handle (it is compared after every step anyway; this also formats it)
     Read { slot: usize },
-    /// `ops` only: drop the store and start a new one; the old handles outlive it
+    /// `ops` only: start a new store. The old one stays, with its handles (a handle cannot
+    /// outlive its store), which go on committing to it.
     NewStore,
 }
 
@@ -402,16 +480,16 @@ impl MHandle {
 // The real handles, and comparing them with the model
 // ---------------------------------------------------------------------------------------------
 
-enum Handle {
-    Value(Value<K, V>),
-    Coll(Collection<K, V>),
+enum Handle<'s> {
+    Value(Value<'s, K, V>),
+    Coll(Collection<'s, K, V>),
 }
 
-fn seen(value: &Value<K, V>) -> Seen {
+fn seen(value: &Value<'_, K, V>) -> Seen {
     (*value.key(), value.version(), value.value().map(Val::get))
 }
 
-fn seen_all(coll: &Collection<K, V>) -> Vec<Seen> {
+fn seen_all(coll: &Collection<'_, K, V>) -> Vec<Seen> {
     coll.iter().map(|(_, v)| seen(v)).collect()
 }
 
@@ -427,7 +505,7 @@ fn expect_eq<T: PartialEq + Debug>(what: &str, actual: T, expected: T) -> Result
 
 /// Compares everything the public API shows of a handle with its model (without allocating
 /// when they agree: this runs after every step).
-fn check_handle(handle: &Handle, model: &MHandle) -> Result<(), String> {
+fn check_handle(handle: &Handle<'_>, model: &MHandle) -> Result<(), String> {
     let agree = match (handle, model) {
         (Handle::Value(v), MHandle::Value(m)) => seen(v) == m.seen(),
         (Handle::Coll(c), MHandle::Coll(ms)) => {
@@ -452,7 +530,7 @@ fn check_handle(handle: &Handle, model: &MHandle) -> Result<(), String> {
 }
 
 /// The slow path of [`check_handle`]: says what differs.
-fn explain_handle(handle: &Handle, model: &MHandle) -> Result<(), String> {
+fn explain_handle(handle: &Handle<'_>, model: &MHandle) -> Result<(), String> {
     match (handle, model) {
         (Handle::Value(v), MHandle::Value(m)) => {
             expect_eq("Value (key, version(), value())", seen(v), m.seen())
@@ -487,14 +565,15 @@ fn explain_handle(handle: &Handle, model: &MHandle) -> Result<(), String> {
 
 /// Applies a `Set` (value `Some`) or `Clear` (`None`) to the real handle and its model.
 fn write_member(
-    handle: &mut Handle,
+    live: &Live,
+    handle: &mut Handle<'_>,
     model: &mut MHandle,
     key: K,
     new: Option<N>,
     via: Via,
 ) -> Result<(), String> {
-    let apply = |v: &mut Value<K, V>| match new {
-        Some(new) => v.set(Val::new(new)),
+    let apply = |v: &mut Value<'_, K, V>| match new {
+        Some(new) => v.set(Val::new(live, new)),
         None => v.clear(),
     };
     let member = model.member_mut(key);
@@ -533,7 +612,7 @@ fn write_member(
 }
 
 /// Reads `(key, version, value)` of what `using` returned.
-fn using_seen(coll: &Collection<K, V>) -> Vec<Seen> {
+fn using_seen(coll: &Collection<'_, K, V>) -> Vec<Seen> {
     seen_all(coll)
 }
 
@@ -564,34 +643,40 @@ fn divergence<T: Debug>(target: &str, program: &[T], step: usize, msg: &str) -> 
 // `ops`: one client, exact model
 // ---------------------------------------------------------------------------------------------
 
-struct OpsSlot {
-    handle: Handle,
+struct OpsSlot<'s> {
+    handle: Handle<'s>,
     model: MHandle,
     /// Which store (generation) the handle came from.
     generation: usize,
 }
 
-struct OpsRun {
-    store: Store<K, V>,
-    /// One model per store created so far; the last is `store`'s.
+struct OpsRun<'s> {
+    /// Every store of the run, made up front: one, and one more per `NewStore`. A handle
+    /// borrows its store, so every store lives until the run ends.
+    stores: &'s [Store<K, V>],
+    /// One model per store started so far; the last is the current store's.
     models: Vec<Model>,
-    slots: Vec<Option<OpsSlot>>,
+    slots: Vec<Option<OpsSlot<'s>>>,
+    live: Live,
 }
 
 /// Runs the `ops` program of `data` on a store and on the model; panics on any difference.
 pub fn run_ops(data: &[u8]) {
     let ops = decode_ops(data);
-    let base = live_values();
+    let live = Live::default();
+    let new_stores = ops.iter().filter(|op| matches!(op, Op::NewStore)).count();
+    let stores: Vec<Store<K, V>> = (0..=new_stores).map(|_| Store::new()).collect();
     let mut run = OpsRun {
-        store: Store::new(),
+        stores: &stores,
         models: vec![Model::default()],
         slots: (0..MAX_HANDLES).map(|_| None).collect(),
+        live: live.clone(),
     };
     for (i, op) in ops.iter().enumerate() {
         let checked = run
             .step(op)
             .and_then(|()| run.check_handles())
-            .and_then(|()| run.check_memory(base));
+            .and_then(|()| run.check_memory());
         if let Err(msg) = checked {
             divergence("ops", &ops, i, &msg);
         }
@@ -600,27 +685,46 @@ pub fn run_ops(data: &[u8]) {
         divergence("ops", &ops, ops.len(), &msg);
     }
     drop(run);
-    if let Err(msg) = check_all_freed(base) {
+    drop(stores);
+    if let Err(msg) = check_all_freed(&live) {
         divergence("ops", &ops, ops.len(), &msg);
     }
 }
 
-impl OpsRun {
+impl<'s> OpsRun<'s> {
     fn generation(&self) -> usize {
         self.models.len() - 1
     }
 
-    fn dump(&self, what: &str) -> Result<(), String> {
-        let model = self.models.last().expect("there is always a store");
-        expect_eq(what, dump_of(&self.store), model.dump())
+    /// The current store.
+    fn store(&self) -> &'s Store<K, V> {
+        &self.stores[self.generation()]
     }
 
-    fn check_memory(&self, base: usize) -> Result<(), String> {
-        let members = self.slots.iter().flatten();
-        let members = members.map(|s| s.model.members().len()).sum();
-        // Keys of every store: a dropped store's keys live on in its old handles.
-        let keys = self.models.iter().map(|m| m.keys.len()).sum();
-        check_memory(live_values() - base, members, 0, keys)
+    fn dump(&self, what: &str) -> Result<(), String> {
+        let model = self.models.last().expect("there is always a store");
+        expect_eq(what, dump_of(self.store()), model.dump())
+    }
+
+    /// Exactly: one copy of every key's value in every store, and each handle's copies of the
+    /// value it read and of its pending value.
+    fn check_memory(&self) -> Result<(), String> {
+        let in_stores: usize = self
+            .models
+            .iter()
+            .flat_map(|m| m.keys.values())
+            .filter(|(_, value)| value.is_some())
+            .count();
+        let in_handles: usize = self
+            .slots
+            .iter()
+            .flatten()
+            .flat_map(|s| s.model.members())
+            .map(|m| {
+                usize::from(m.value.is_some()) + usize::from(matches!(m.pending, Some(Some(_))))
+            })
+            .sum();
+        check_memory_exact(&self.live, in_stores + in_handles)
     }
 
     fn check_handles(&self) -> Result<(), String> {
@@ -636,7 +740,7 @@ impl OpsRun {
         let generation = self.generation();
         match op {
             &Op::UseVar { slot, key } => {
-                let value = read_ok("usevar", self.store.usevar(key))?;
+                let value = read_ok("usevar", self.store().usevar(key))?;
                 let model = self.models[generation].usevar(key);
                 expect_eq("usevar (key, version, value)", seen(&value), model.seen())?;
                 self.slots[slot] = Some(OpsSlot {
@@ -646,7 +750,7 @@ impl OpsRun {
                 });
             }
             Op::Using { slot, keys } => {
-                let coll = read_ok("using", self.store.using(keys.iter().copied()))?;
+                let coll = read_ok("using", self.store().using(keys.iter().copied()))?;
                 let members = self.models[generation].using(keys);
                 let expected: Vec<Seen> = members.iter().map(MVal::seen).collect();
                 expect_eq("using snapshot", using_seen(&coll), expected)?;
@@ -663,25 +767,39 @@ impl OpsRun {
                 via,
             } => {
                 if let Some(s) = &mut self.slots[slot] {
-                    write_member(&mut s.handle, &mut s.model, key, Some(value), via)?;
+                    write_member(
+                        &self.live,
+                        &mut s.handle,
+                        &mut s.model,
+                        key,
+                        Some(value),
+                        via,
+                    )?;
                 }
             }
             &Op::Clear { slot, key } => {
                 if let Some(s) = &mut self.slots[slot] {
-                    write_member(&mut s.handle, &mut s.model, key, None, Via::GetMut)?;
+                    write_member(
+                        &self.live,
+                        &mut s.handle,
+                        &mut s.model,
+                        key,
+                        None,
+                        Via::GetMut,
+                    )?;
                 }
             }
             &Op::Commit { slot, via_store } => {
                 let Some(s) = &mut self.slots[slot] else {
                     return Ok(());
                 };
-                // `Store::set` with a handle of another store panics (semantics 10): an old
-                // handle commits by itself.
-                let via_store = via_store && s.generation == generation;
+                // `Store::set` with a handle of another store panics (semantics 10): a handle
+                // of an older store commits through its own store.
+                let store = &self.stores[s.generation];
                 let actual = match &mut s.handle {
-                    Handle::Value(v) if via_store => self.store.set(v),
+                    Handle::Value(v) if via_store => store.set(v),
                     Handle::Value(v) => v.commit(),
-                    Handle::Coll(c) if via_store => self.store.set_values(c),
+                    Handle::Coll(c) if via_store => store.set_values(c),
                     Handle::Coll(c) => c.commit(),
                 };
                 let expected = self.models[s.generation].commit(s.model.members());
@@ -693,7 +811,7 @@ impl OpsRun {
             Op::Pause { .. } => unreachable!("the ops decoder makes no Pause"),
             Op::Dump => {
                 self.dump("dump")?;
-                let _ = format!("{:?}", self.store);
+                let _ = format!("{:?}", self.store());
             }
             &Op::Drop { slot } => self.slots[slot] = None,
             &Op::Read { slot } => {
@@ -705,8 +823,8 @@ impl OpsRun {
                 }
             }
             Op::NewStore => {
-                // The old store is dropped here; its handles live on and may still commit.
-                self.store = Store::new();
+                // The next store (made up front) becomes the current one; the old one stays
+                // for its handles, which may still commit.
                 self.models.push(Model::default());
             }
         }
@@ -744,27 +862,27 @@ impl World {
     }
 }
 
-struct Client {
-    slots: Vec<Option<(Handle, MHandle)>>,
+struct Client<'s> {
+    slots: Vec<Option<(Handle<'s>, MHandle)>>,
     /// Stopped inside a paused commit.
     paused: bool,
 }
 
-struct Interleave<'p> {
+struct Interleave<'p, 's> {
     program: &'p [Step],
     /// The next step to run.
     pos: usize,
     /// The step being run (for messages).
     current: usize,
-    store: Store<K, V>,
-    clients: Vec<Client>,
+    store: &'s Store<K, V>,
+    clients: Vec<Client<'s>>,
     worlds: Vec<World>,
     attempts: Vec<Attempt>,
     /// Every key ever named by `usevar`/`using`: the keys of the final replay.
     named: Vec<K>,
     stats: Stats,
-    /// Live values when the run started.
-    base: usize,
+    /// The run's values.
+    live: Live,
     /// Members of the collections stopped inside a commit (out of their slots meanwhile).
     paused_members: usize,
 }
@@ -809,12 +927,13 @@ enum Exit {
 pub fn run_interleave(data: &[u8]) -> Stats {
     let (clients, program) = decode_interleave(data);
     let slots = MAX_HANDLES / clients;
-    let base = live_values();
+    let live = Live::default();
+    let store = Store::new();
     let mut run = Interleave {
         program: &program,
         pos: 0,
         current: 0,
-        store: Store::new(),
+        store: &store,
         clients: (0..clients)
             .map(|_| Client {
                 slots: (0..slots).map(|_| None).collect(),
@@ -830,7 +949,7 @@ pub fn run_interleave(data: &[u8]) -> Stats {
         attempts: Vec::new(),
         named: Vec::new(),
         stats: Stats::default(),
-        base,
+        live: live.clone(),
         paused_members: 0,
     };
     if let Err(msg) = run.exec().and_then(|_| run.finish()) {
@@ -839,13 +958,14 @@ pub fn run_interleave(data: &[u8]) -> Stats {
     let stats = run.stats;
     let end = run.program.len();
     drop(run);
-    if let Err(msg) = check_all_freed(base) {
+    drop(store);
+    if let Err(msg) = check_all_freed(&live) {
         divergence("interleave", &program, end, &msg);
     }
     stats
 }
 
-impl Interleave<'_> {
+impl Interleave<'_, '_> {
     /// Runs steps until the program ends or a paused client (one of the enclosing frames) has
     /// a step. A paused commit runs the following steps in a nested call, so that its
     /// `Paused` guard (which borrows the collection) lives across them; paused commits
@@ -877,7 +997,7 @@ impl Interleave<'_> {
     fn finish(&mut self) -> Result<(), String> {
         self.current = self.program.len();
         self.check_handles()?;
-        let dump = dump_of(&self.store);
+        let dump = dump_of(self.store);
         self.observe("final dump", &dump, |w, _| w.model.dump())?;
         let world = &self.worlds[0];
         expect_eq("paused commits left", world.pending.len(), 0)?;
@@ -921,7 +1041,7 @@ impl Interleave<'_> {
         let members: usize = slots.map(|(_, m)| m.members().len()).sum();
         let keys = self.worlds[0].model.keys.len();
         check_memory(
-            live_values() - self.base,
+            &self.live,
             members + self.paused_members,
             self.paused_members,
             keys,
@@ -1061,18 +1181,18 @@ impl Interleave<'_> {
                 via,
             } => {
                 if let Some((handle, model)) = &mut self.clients[client].slots[slot] {
-                    write_member(handle, model, key, Some(value), via)?;
+                    write_member(&self.live, handle, model, key, Some(value), via)?;
                 }
             }
             &Op::Clear { slot, key } => {
                 if let Some((handle, model)) = &mut self.clients[client].slots[slot] {
-                    write_member(handle, model, key, None, Via::GetMut)?;
+                    write_member(&self.live, handle, model, key, None, Via::GetMut)?;
                 }
             }
             &Op::Commit { slot, via_store } => self.commit(client, slot, via_store)?,
             Op::Pause { .. } => unreachable!("exec runs Pause itself"),
             Op::Dump => {
-                let dump = dump_of(&self.store);
+                let dump = dump_of(self.store);
                 self.observe("dump", &dump, |w, _| w.model.dump())?;
             }
             &Op::Drop { slot } => self.clients[client].slots[slot] = None,
@@ -1247,7 +1367,7 @@ mod self_test {
         }
     }
 
-    fn with_pending_commit() -> Interleave<'static> {
+    fn with_pending_commit(store: &Store<K, V>) -> Interleave<'static, '_> {
         let mut model = Model::default();
         let members: Vec<MVal> = model
             .using(&[0, 1])
@@ -1261,7 +1381,7 @@ mod self_test {
             program: &[],
             pos: 0,
             current: 0,
-            store: Store::new(),
+            store,
             clients: Vec::new(),
             worlds: vec![World {
                 model,
@@ -1276,12 +1396,12 @@ mod self_test {
             }],
             named: vec![0, 1],
             stats: Stats::default(),
-            base: live_values(),
+            live: Live::default(),
             paused_members: 0,
         }
     }
 
-    fn dump(run: &mut Interleave<'_>, seen: &[Seen]) -> Result<(), String> {
+    fn dump(run: &mut Interleave<'_, '_>, seen: &[Seen]) -> Result<(), String> {
         run.observe("dump", &seen.to_vec(), |w, _| w.model.dump())
     }
 
@@ -1290,17 +1410,19 @@ mod self_test {
 
     #[test]
     fn a_pending_commit_is_seen_whole_or_not_at_all() {
-        let mut run = with_pending_commit();
+        let store = Store::new();
+        let mut run = with_pending_commit(&store);
         assert!(dump(&mut run, &[(0, 1, Some(5)), (1, 0, None)]).is_err());
-        let mut run = with_pending_commit();
+        let mut run = with_pending_commit(&store);
         assert!(dump(&mut run, &[(0, 0, None), (1, 1, Some(6))]).is_err());
-        let mut run = with_pending_commit();
+        let mut run = with_pending_commit(&store);
         assert!(dump(&mut run, &[(0, 1, Some(5)), (1, 1, Some(7))]).is_err());
     }
 
     #[test]
     fn a_pending_commit_takes_effect_once_and_stays() {
-        let mut run = with_pending_commit();
+        let store = Store::new();
+        let mut run = with_pending_commit(&store);
         dump(&mut run, BEFORE).unwrap();
         dump(&mut run, BEFORE).unwrap();
         dump(&mut run, AFTER).unwrap();
@@ -1309,21 +1431,23 @@ mod self_test {
 
     #[test]
     fn a_resumed_commit_must_answer_as_it_took_effect() {
-        let resume = |run: &mut Interleave<'_>, ok: bool| run.observe_resume(0, ok);
-        let mut run = with_pending_commit();
+        let store = Store::new();
+        let resume = |run: &mut Interleave<'_, '_>, ok: bool| run.observe_resume(0, ok);
+        let mut run = with_pending_commit(&store);
         dump(&mut run, AFTER).unwrap();
         assert!(resume(&mut run, false).is_err());
-        let mut run = with_pending_commit();
+        let mut run = with_pending_commit(&store);
         resume(&mut run, true).unwrap();
         assert!(dump(&mut run, BEFORE).is_err());
         // Nobody else wrote, so the paused commit cannot fail.
-        let mut run = with_pending_commit();
+        let mut run = with_pending_commit(&store);
         assert!(resume(&mut run, false).is_err());
     }
 
     #[test]
     fn the_serial_replay_rejects_a_commit_that_would_not_validate() {
-        let run = with_pending_commit();
+        let store = Store::new();
+        let run = with_pending_commit(&store);
         // The same commit twice: the second read version 0 of keys now at 1.
         assert!(run.replay(&[0, 0], AFTER).is_err());
         run.replay(&[0], AFTER).unwrap();

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: a deterministic PRNG, a value type that counts its
-//! creations and drops, and a watchdog for calls that must not block.
+//! creations and drops, a bounded epoch flush to count them after deferred reclamation, and a
+//! watchdog for calls that must not block.
 //!
 //! Each test binary uses only some of these.
 #![allow(dead_code)]
@@ -7,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How much longer the multi-threaded tests run in an optimised build (where each operation is
 /// much cheaper, so the same count would barely let threads overlap). Debug builds keep each
@@ -47,11 +48,17 @@ impl XorShift {
 
 /// Creation and drop counts of [`Tracked`] values. Every test makes its own, so tests running in
 /// parallel in one binary never see each other's values.
+///
+/// A read clones the value out of the store, so every copy counts: a clone is a creation (with
+/// its original's tag) and each copy is dropped once. Replaced values are dropped by deferred
+/// (epoch-based) reclamation, possibly by another thread, some time after they are replaced:
+/// count them only after [`Counts::settle_to`] (or [`settle`]) has advanced the epoch.
 #[derive(Default)]
 pub struct Counts {
     created: AtomicUsize,
     dropped: AtomicUsize,
-    /// Live copies per tag (a clone, as `dump` makes, shares its original's tag).
+    /// Live copies per tag (a clone, as reads and `dump` make, shares its original's tag). A
+    /// negative count means a copy was dropped twice.
     live: Mutex<HashMap<u64, isize>>,
 }
 
@@ -68,14 +75,28 @@ impl Counts {
         self.dropped.load(Ordering::SeqCst)
     }
 
-    /// Values created and not yet dropped.
+    /// Values created (clones included) and not yet dropped.
+    ///
+    /// # Panics
+    /// If more drops than creations were counted: some value was dropped twice.
+    #[track_caller]
     pub fn live(&self) -> usize {
-        self.created() - self.dropped()
+        // Read `dropped` first: a drop is counted after its creation, so this never sees more
+        // drops than creations unless a value really was dropped twice.
+        let dropped = self.dropped();
+        let created = self.created();
+        assert!(
+            dropped <= created,
+            "{dropped} drops for {created} values created: a value was dropped twice"
+        );
+        created - dropped
     }
 
-    /// Asserts that every value ever created has been dropped (nothing leaked).
+    /// Asserts that every value ever created has been dropped exactly once (nothing leaked,
+    /// nothing dropped twice), after advancing the epoch until it holds (bounded).
     #[track_caller]
     pub fn assert_all_dropped(&self) {
+        self.settle_to(&[]);
         assert_eq!(
             self.live(),
             0,
@@ -85,7 +106,7 @@ impl Counts {
         );
     }
 
-    /// Live copies of the value(s) tagged `tag`.
+    /// Live copies of the value(s) tagged `tag` (negative: dropped more often than created).
     pub fn live_tag(&self, tag: u64) -> isize {
         self.live
             .lock()
@@ -93,6 +114,38 @@ impl Counts {
             .get(&tag)
             .copied()
             .unwrap_or_default()
+    }
+
+    /// `(tag, live copies)` of every tag whose count is not 0, by tag: a leak shows as an entry
+    /// too many or a count too high, a double drop as a count too low (or negative).
+    pub fn live_map(&self) -> Vec<(u64, isize)> {
+        let mut map: Vec<_> = self
+            .live
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, &n)| n != 0)
+            .map(|(&tag, &n)| (tag, n))
+            .collect();
+        map.sort_unstable();
+        map
+    }
+
+    /// Advances the epoch (bounded) until the live copies per tag are exactly `expected`
+    /// (`(tag, copies)`, any order, no zero counts), then asserts that they are. Reclamation
+    /// only ever lowers the counts, so this waits only for values that are due to be freed: a
+    /// value that leaks keeps its tag above the expectation forever, and a value dropped twice
+    /// takes its tag below it; either fails.
+    #[track_caller]
+    pub fn settle_to(&self, expected: &[(u64, isize)]) {
+        let mut expected = expected.to_vec();
+        expected.sort_unstable();
+        settle(|| self.live_map() == expected);
+        assert_eq!(
+            self.live_map(),
+            expected,
+            "live copies per tag (tag, copies) after advancing the epoch"
+        );
     }
 
     fn born(&self, tag: u64) {
@@ -104,6 +157,38 @@ impl Counts {
         *self.live.lock().unwrap().entry(tag).or_default() -= 1;
         self.dropped.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// How long [`settle`] keeps advancing the epoch before it gives up: a liveness bound (a value
+/// that is due to be freed must be freed at all), not a performance threshold. Generous,
+/// because one thread of another test, descheduled while it is pinned, holds the epoch back.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Advances crossbeam-epoch's global epoch until `done()` holds, for at most [`SETTLE_LIMIT`];
+/// returns whether it held. Replaced values are freed by deferred reclamation: a retired value
+/// is dropped once every thread pinned when it was retired has unpinned, by whichever thread
+/// collects. `pin().flush()` moves this thread's deferred drops to the global queue, tries to
+/// advance the epoch and runs what has expired (threads that ended have flushed theirs). Other
+/// tests of the same binary pin too, and a pinned thread that the OS has descheduled holds the
+/// epoch back: so it flushes in a tight loop first, then with short sleeps. A value that leaks
+/// never makes `done()` true, and the caller's assertion fails after the limit.
+pub fn settle(mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    for round in 0u64.. {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > SETTLE_LIMIT {
+            return false;
+        }
+        crossbeam_epoch::pin().flush();
+        if round >= 1_000 {
+            std::thread::sleep(Duration::from_millis(1));
+        } else if round % 64 == 63 {
+            std::thread::yield_now();
+        }
+    }
+    unreachable!()
 }
 
 /// A value that reports its creation, clones and drop to a [`Counts`].
@@ -147,11 +232,27 @@ impl std::fmt::Debug for Tracked {
 /// middle of a commit: if they waited for it, they would never finish, and this turns that hang
 /// into a failure.
 pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    within_for(
+        what,
+        Duration::from_secs(60),
+        "it is blocked behind a stalled commit",
+        f,
+    )
+}
+
+/// [`within`] with its own time limit and explanation of a hang. The limit is a liveness check
+/// (the call must finish at all), never a performance threshold: keep it generous.
+pub fn within_for<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    hang: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (done, finished) = mpsc::channel();
     let worker = std::thread::spawn(move || {
         let _ = done.send(f());
     });
-    match finished.recv_timeout(Duration::from_secs(60)) {
+    match finished.recv_timeout(limit) {
         Ok(value) => {
             worker.join().unwrap();
             value
@@ -162,7 +263,7 @@ pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'sta
             Ok(()) => unreachable!("the worker sends before it ends"),
         },
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what} did not finish: it is blocked behind a stalled commit")
+            panic!("{what} did not finish within {limit:?}: {hang}")
         }
     }
 }
