@@ -6,6 +6,7 @@ use crate::snapshot;
 use crate::Error;
 use std::borrow::Borrow;
 use std::fmt;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 /// Which store a handle came from (`Store::set` refuses handles of another store).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -115,7 +116,7 @@ impl<'s, K, V> Value<'s, K, V> {
         V: Clone,
     {
         protocol::commit(std::iter::once(self.part()))?;
-        self.committed();
+        drop(self.committed());
         Ok(())
     }
 
@@ -127,12 +128,13 @@ impl<'s, K, V> Value<'s, K, V> {
         }
     }
 
-    /// After a successful commit: the written value becomes the read one.
-    fn committed(&mut self) {
-        if let Some(written) = self.pending.take() {
-            self.version += 1;
-            self.value = written;
-        }
+    /// After a successful commit: the written value becomes the read one; returns the value it
+    /// replaces, for the caller to drop.
+    #[must_use]
+    fn committed(&mut self) -> Option<V> {
+        let written = self.pending.take()?;
+        self.version += 1;
+        std::mem::replace(&mut self.value, written)
     }
 }
 
@@ -275,8 +277,20 @@ impl<'s, K, V> Collection<'s, K, V> {
         );
     }
 
+    /// After a successful commit. A panicking `V::drop` of a replaced copy cannot leave some
+    /// handles updated and others not: every handle is updated first, then the first panic
+    /// goes on.
     fn committed(&mut self) {
-        self.values.iter_mut().for_each(Value::committed);
+        let mut panic = None;
+        for value in &mut self.values {
+            let replaced = value.committed();
+            if let Err(caught) = catch_unwind(AssertUnwindSafe(move || drop(replaced))) {
+                panic.get_or_insert(caught);
+            }
+        }
+        if let Some(panic) = panic {
+            resume_unwind(panic);
+        }
     }
 
     fn position<Q>(&self, key: &Q) -> Option<usize>

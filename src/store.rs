@@ -30,9 +30,6 @@ impl<'g, K, V> snapshot::Read<'g, K, V> for Found<'_, 'g, K, V> {
     }
 }
 
-/// How many times `dump` lists the keys and reads them before it asks key creators for help.
-const DUMP_TRIES: usize = if cfg!(loom) { 1 } else { 4 };
-
 /// A store of versioned key-value pairs with optimistic, atomic multi-key commits.
 ///
 /// Read keys into handles ([`usevar`](Store::usevar), [`using`](Store::using)), change them,
@@ -174,8 +171,8 @@ where
     /// store (the keys listed are exactly the keys that existed at its instant), including
     /// keys that were read but never written (version 0, no value).
     ///
-    /// It completes whatever other threads do: after a few tries overtaken by new keys, it
-    /// asks the threads creating keys to take a snapshot before they create one.
+    /// It completes whatever other threads do: while it runs, a thread about to create a key
+    /// first takes such a snapshot itself (and hands it over), so creating keys cannot starve it.
     ///
     /// ```
     /// let store = stm_store::Store::new();
@@ -187,11 +184,6 @@ where
     /// # Ok::<(), stm_store::Error>(())
     /// ```
     pub fn dump(&self) -> Vec<(K, u64, Option<V>)> {
-        for _ in 0..DUMP_TRIES {
-            if let Some(rows) = self.try_dump() {
-                return rows;
-            }
-        }
         self.dump_with_help()
     }
 
@@ -222,20 +214,24 @@ where
     /// Publishes a request that every key creator serves before creating its key: it tries
     /// snapshots until one lands. Once the creators that were already past the check have
     /// created their keys (at most one each), no key is created until some snapshot lands.
+    ///
+    /// The request goes up before the first try, not after some failed ones: a creator that
+    /// overtakes a try adds keys for as long as the try took, so every dump it overtook would
+    /// leave the store (and the next dump's tries) longer by a fraction of itself.
     fn dump_with_help(&self) -> Vec<Row<K, V>> {
         let pin = pin();
         let mut request = Box::new(DumpRequest {
             rows: OnceBox::new(),
         });
         let mine = loop {
-            if let Some(rows) = self.try_dump() {
-                return rows;
-            }
             match self.dumps.put(&pin, request) {
                 Ok(published) => break published,
                 Err(back) => {
                     request = back; // another dump's request is up
                     self.clear_served(&pin);
+                    if let Some(rows) = self.try_dump() {
+                        return rows;
+                    }
                 }
             }
         };
