@@ -1,54 +1,86 @@
 #!/usr/bin/env bash
-# Runs the loom models once per deliberate breakage of the protocol (the `stm_mutation` values
-# registered in the root Cargo.toml's check-cfg) and prints which models fail under each.
-# Exits non-zero if any mutation survives (no model fails), or if a model fails unmutated.
+# Runs the loom models once unmutated, then once per deliberate breakage of the protocol that
+# the core implements, and prints which models fail under each. Exits non-zero if a model
+# fails unmutated, or if a mutation survives (no model fails) that is not a known survivor.
 #
 #   loom-tests/mutations.sh                  # the unmutated suite, then the whole matrix
 #   loom-tests/mutations.sh no_descriptor    # only the mutations named (after the baseline)
 #   SKIP_BASELINE=1 loom-tests/mutations.sh  # skip the unmutated run
 #
+# The mutations (`cfg(stm_mutation = "...")`, registered in the root Cargo.toml's check-cfg):
+#   skip_read_validation  read-only keys are not validated (neither alone nor in a descriptor)
+#   decide_before_claims  a transaction is decided after its first claim
+#   no_descriptor         a multi-key commit validates every key, then writes them one by one
+#   single_collect        a snapshot trusts one collect
+#   dirty_read            readers see the writes of undecided transactions
+#   no_birth_check        dump ignores keys created while it read (a known survivor: loom never
+#                         schedules a key creator between dump's index listing and its slot
+#                         reads, see keys.rs; reported as "SURVIVED (known)", not a failure)
+# The check-cfg list also names overwrite_undecided_claim, no_status_check and
+# late_claim_stays, which the core does not implement (the slot module refuses to replace an
+# undecided claim, and a late claim left in its slot would be a use-after-free loom cannot
+# see): they would build the unmutated core, so they are not run.
+#
 # Each configuration builds in its own target/loom-mut/NAME (so a rerun rebuilds nothing) and
-# logs to target/loom-mut/NAME/logs/. Every model runs in a process of its own: a model that
-# panics under loom can abort its whole test binary (loom panics again while dropping the
-# threads it never ran), and that must not hide the other models of the file.
+# logs to target/loom-mut/NAME/logs/. Every model runs in a process of its own (one at a time:
+# loom is single-threaded, and the machine is shared): a model that panics under loom can
+# abort its whole test binary (loom panics again while dropping the threads it never ran), and
+# that must not hide the other models of the file. Ignored models are not run. A model that
+# does not finish within MODEL_TIMEOUT seconds counts as failing ("timeout").
 # LOOM_MAX_PREEMPTIONS, if set, overrides every model's own preemption bound.
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 out="$root/target/loom-mut"
-# Per model; the whole unmutated suite runs in a few minutes.
-model_timeout="${MODEL_TIMEOUT:-900}"
+# Per model; the slowest unmutated model takes about 10 s.
+model_timeout="${MODEL_TIMEOUT:-300}"
+implemented=(
+    skip_read_validation
+    decide_before_claims
+    no_descriptor
+    single_collect
+    dirty_read
+    no_birth_check
+)
+# Mutations that no loom model can catch, and why (see the model docs).
+known_survivors=(no_birth_check)
 
 if [ $# -gt 0 ]; then
     mutations=("$@")
 else
-    mapfile -t mutations < <(grep -o 'stm_mutation, values([^)]*)' Cargo.toml |
-        grep -o '"[a-z_]*"' | tr -d '"')
-fi
-if [ ${#mutations[@]} -eq 0 ]; then
-    echo "no stm_mutation values found in Cargo.toml" >&2
-    exit 2
+    mutations=("${implemented[@]}")
 fi
 
-# run NAME CFG: builds the models with `--cfg loom CFG`, runs each model in its own process,
-# and prints the failing ones on one line ("BUILD-FAILED" if the build fails).
+# run NAME CFG: builds the models with `--cfg loom --cfg crossbeam_loom CFG`, runs each model
+# in its own process, and prints the failing ones on one line ("BUILD-FAILED" if the build
+# fails). Each model's time (and loom's execution counts) goes to NAME/logs/times.txt.
 run() {
     local name="$1" cfg="$2"
     local dir="$out/$name"
     mkdir -p "$dir/logs"
-    local build_log="$dir/logs/build.log"
-    if ! CARGO_TARGET_DIR="$dir" RUSTFLAGS="--cfg loom $cfg" \
+    local build_log="$dir/logs/build.log" times="$dir/logs/times.txt"
+    : >"$times"
+    if ! CARGO_TARGET_DIR="$dir" RUSTFLAGS="--cfg loom --cfg crossbeam_loom $cfg" \
         cargo test -p stm-store-loom-tests --release --no-run >"$build_log" 2>&1; then
         echo "BUILD-FAILED(see $build_log)"
         return
     fi
-    local failing=() exe model
+    local failing=() exe model start status log
     for exe in $(grep -oE '\(target/loom-mut/[^)]*/deps/[a-z_]+-[0-9a-f]+\)' "$build_log" |
         tr -d '()' | grep -v '/stm_store_loom_tests-'); do
         for model in $("$root/$exe" --list 2>/dev/null | sed -n 's/: test$//p'); do
-            if ! timeout "$model_timeout" "$root/$exe" --exact "$model" --test-threads 1 \
-                >"$dir/logs/$model.log" 2>&1; then
+            log="$dir/logs/$model.log"
+            start=$(date +%s.%N)
+            timeout "$model_timeout" "$root/$exe" --exact "$model" --nocapture \
+                --test-threads 1 >"$log" 2>&1
+            status=$?
+            printf '%-40s %6.1fs  %s\n' "$model" "$(echo "$(date +%s.%N) - $start" | bc)" \
+                "$(grep -o 'loom model .*' "$log" | sed 's/^loom model //' | paste -sd';')" \
+                >>"$times"
+            if [ "$status" -eq 124 ]; then
+                failing+=("$model(timeout)")
+            elif [ "$status" -ne 0 ]; then
                 failing+=("$model")
             fi
         done
@@ -60,24 +92,27 @@ status=0
 if [ -z "${SKIP_BASELINE:-}" ]; then
     start=$SECONDS
     failing="$(run unmutated "")"
-    echo "unmutated: ${failing:-all models pass} ($((SECONDS - start))s)"
+    echo "unmutated: ${failing:-all models pass} ($((SECONDS - start))s, build included)"
+    cat "$out/unmutated/logs/times.txt"
     if [ -n "$failing" ]; then
         echo "the models fail without any mutation: fix them first" >&2
         exit 1
     fi
 fi
 
-printf '\n%-28s %s\n' "mutation" "failing models"
-printf '%-28s %s\n' "--------" "--------------"
+printf '\n%-24s %s\n' "mutation" "failing models"
+printf '%-24s %s\n' "--------" "--------------"
 for m in "${mutations[@]}"; do
     start=$SECONDS
     failing="$(run "$m" "--cfg stm_mutation=\"$m\"")"
-    if [ -z "$failing" ]; then
+    if [ -z "$failing" ] && [[ " ${known_survivors[*]} " == *" $m "* ]]; then
+        failing="SURVIVED (known: loom cannot reach it)"
+    elif [ -z "$failing" ]; then
         failing="SURVIVED"
         status=1
     elif [[ "$failing" == BUILD-FAILED* ]]; then
         status=1
     fi
-    printf '%-28s %s (%ss)\n' "$m" "$failing" "$((SECONDS - start))"
+    printf '%-24s %s (%ss)\n' "$m" "$failing" "$((SECONDS - start))"
 done
 exit $status

@@ -6,13 +6,14 @@
 //!
 //! The stalled committer is the model's main thread: it spawns the other committer, pauses its
 //! own commit (concurrently with the other thread), then joins: so it cannot resume before the
-//! other thread has finished. Only then does it resume (or drop) the paused commit.
+//! other thread has finished. Only then does it resume (or drop) the paused commit. In
+//! `committer_stopping_midway` and `helping_resumes_where_blocked` it acts (drops, resumes,
+//! reads) while the other thread is still at work. Two threads in every model.
 #![cfg(loom)]
 
 use std::sync::Arc;
 
 use loom::thread;
-use stm_store::Error;
 use stm_store_loom_tests::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -50,14 +51,13 @@ fn transfer(store: &Arc<S>, from: Key, to: Key, max: usize) -> thread::JoinHandl
 
 /// The other committer is a two-key transfer on the paused commit's keys.
 ///
-/// Catches: decide_before_claims, overwrite_undecided_claim, no_descriptor;
-/// skip_read_validation (snapshot).
+/// Catches: decide_before_claims, no_descriptor, dirty_read.
 #[test]
 fn stalled_committer_is_helped() {
     for claims in [1, 2] {
         for finish in [Finish::Resume, Finish::Drop] {
             let name = format!("stalled_committer_is_helped (claims {claims}, {finish:?})");
-            check(&name, 4, move || {
+            check(&name, 3, move || {
                 let store = abc();
                 let initial = store.dump();
                 // Helping the stalled commit can make the first attempt fail; then nobody is in
@@ -101,17 +101,15 @@ fn stalled_committer_is_helped() {
 }
 
 /// The other committer is the single-key fast path on the first key the paused commit
-/// claimed: it must help the claim's transaction, not write over it.
+/// claimed: it must help the claim's transaction (resuming it at that key), not write over
+/// it.
 ///
-/// Catches: decide_before_claims, no_descriptor; skip_read_validation (snapshot). Not
-/// no_status_check: a fast path that writes over the paused claim leaves the commit
-/// undecided, and when it resumes it re-validates that key and fails honestly
-/// (`fast_path_against_multi_key` catches it).
+/// Catches: decide_before_claims, dirty_read.
 #[test]
 fn stalled_committer_and_fast_path() {
     for claims in [1, 2] {
         let name = format!("stalled_committer_and_fast_path (claims {claims})");
-        check(&name, EXHAUSTIVE, move || {
+        check(&name, 3, move || {
             let store = abc();
             let initial = store.dump();
             let other = {
@@ -119,20 +117,12 @@ fn stalled_committer_and_fast_path() {
                 thread::spawn(move || {
                     let mut first = true;
                     retry(2, || {
-                        let mut a = store.usevar("a").unwrap();
-                        let read = a.version();
+                        let attempt = commit_one(&store, "a", 7);
                         if first {
-                            assert_eq!(read, 1, "read a claimed key's new value");
+                            assert_eq!(attempt.reads, [("a", 1)], "read a claimed key's new value");
                             first = false;
                         }
-                        a.set(7);
-                        let result = a.commit();
-                        assert_ne!(result, Err(Error::BusyRetry));
-                        Attempt {
-                            reads: vec![("a", read)],
-                            writes: vec![("a", Some(7))],
-                            result,
-                        }
+                        attempt
                     })
                 })
             };
@@ -157,34 +147,27 @@ fn stalled_committer_and_fast_path() {
     }
 }
 
-/// The stalled committer is a thread of its own that pauses and then ends, dropping its paused
-/// commit (which aborts it unless a helper decided it first), racing a committer that helps.
+/// The stalled committer drops its paused commit (which aborts it unless a helper decided it
+/// first) while the other committer, a transfer on the same keys, may be helping it.
 ///
-/// Catches: decide_before_claims, overwrite_undecided_claim, no_descriptor;
-/// skip_read_validation (snapshot).
+/// Catches: decide_before_claims, dirty_read.
 #[test]
-fn committer_stopping_in_its_thread() {
-    check("committer_stopping_in_its_thread", 4, || {
+fn committer_stopping_midway() {
+    check("committer_stopping_midway", 3, || {
         let store = abc();
         let initial = store.dump();
-        let stopper = {
-            let store = Arc::clone(&store);
-            thread::spawn(move || {
-                let mut mine = store.using(["a", "b"]).unwrap();
-                let reads = reads(&mine);
-                mine["a"].set(100);
-                mine["b"].set(100);
-                drop(mine.commit_paused(1));
-                Attempt {
-                    reads,
-                    writes: vec![("a", Some(100)), ("b", Some(100))],
-                    result: Ok(()),
-                }
-            })
-        };
         let other = transfer(&store, "a", "b", 2);
+        let mut mine = store.using(["a", "b"]).unwrap();
+        let reads = reads(&mine);
+        mine["a"].set(100);
+        mine["b"].set(100);
+        drop(mine.commit_paused(1));
+        let stopped = Attempt {
+            reads,
+            writes: vec![("a", Some(100)), ("b", Some(100))],
+            result: Ok(()),
+        };
         let attempts = other.join().unwrap();
-        let stopped = stopper.join().unwrap();
         check_serial_with_unknown(&initial, &attempts, &[stopped], &store.dump());
     });
 }
@@ -194,11 +177,10 @@ fn committer_stopping_in_its_thread() {
 /// so it helps Q first. Each commit of P or Q can fail one attempt of it, so three attempts
 /// suffice.
 ///
-/// Catches: decide_before_claims, overwrite_undecided_claim, no_descriptor;
-/// skip_read_validation (snapshot).
+/// Catches: decide_before_claims, no_descriptor, dirty_read.
 #[test]
 fn helping_chain() {
-    check("helping_chain", 4, || {
+    check("helping_chain", 3, || {
         let store = abc();
         let initial = store.dump();
         let other = transfer(&store, "c", "a", 3);
@@ -236,13 +218,12 @@ fn helping_chain() {
 /// succeeds. Readers never help, so the claims stay undecided until the main thread resumes
 /// the commit, which then lands.
 ///
-/// Catches: decide_before_claims. (A dirty read, a reader resolving an undecided claim to
-/// its `after`, would fail it; no declared mutation does that.)
+/// Catches: decide_before_claims, dirty_read.
 #[test]
 fn claims_are_invisible_to_readers() {
     for claims in [1, 2] {
         let name = format!("claims_are_invisible_to_readers (claims {claims})");
-        check(&name, 5, move || {
+        check(&name, 4, move || {
             let store = abc();
             let reader = {
                 let store = Arc::clone(&store);
@@ -273,6 +254,50 @@ fn claims_are_invisible_to_readers() {
                 store.dump(),
                 [("a", 2, Some(100)), ("b", 2, Some(100)), ("c", 1, Some(1))]
             );
+        });
+    }
+}
+
+/// Helping resumes a blocked transaction at the entry where it was found: the main thread
+/// pauses T on `[a, b, c]` after claiming `a` and `b`; the other thread commits `b` alone (the
+/// fast path), finds T's claim there, and helps T from `b` on (its position, not the first
+/// entry): it claims `c` and decides T, then retries its own write. Meanwhile the main thread
+/// reads all three keys (`using`, which may fall back to a claiming snapshot that has to help
+/// T too) and `c` alone: each read is all of T or none of it. Then T resumes and reports its
+/// outcome. A second variant writes `c`, the key T has not claimed yet: no helping, and T,
+/// resumed, fails on `c` if the write landed first.
+///
+/// Catches: decide_before_claims, single_collect, dirty_read.
+#[test]
+fn helping_resumes_where_blocked() {
+    for key in ["b", "c"] {
+        let name = format!("helping_resumes_where_blocked (writes {key})");
+        check(&name, 3, move || {
+            let store = abc();
+            let initial = store.dump();
+            let other = {
+                let store = Arc::clone(&store);
+                thread::spawn(move || retry(2, || commit_one(&store, key, 7)))
+            };
+            let mut mine = store.using(["a", "b", "c"]).unwrap();
+            let reads = reads(&mine);
+            let writes = [("a", Some(100)), ("b", Some(100)), ("c", Some(100))];
+            for (key, value) in writes {
+                mine[key].set(value.unwrap());
+            }
+            let paused = mine.commit_paused(2);
+            let all = values(&store.using(["c", "a", "b"]).unwrap());
+            let c = store.usevar("c").unwrap();
+            let c = vec![("c", c.version(), c.value().copied())];
+            let mut attempts = other.join().unwrap();
+            let result = paused.resume();
+            check_handles(&mine, &reads, &writes, result);
+            attempts.push(Attempt {
+                reads,
+                writes: writes.to_vec(),
+                result,
+            });
+            check_history(&initial, &attempts, &[], &[all, c], &store.dump());
         });
     }
 }
