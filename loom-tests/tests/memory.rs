@@ -202,25 +202,16 @@ fn late_claim_is_taken_out() {
 /// `a`, and its owner drops it (aborted) while the helper is between its load of `b` and its
 /// compare-and-swap.
 ///
-/// Ignored: it fails under loom, in `Slot::drop` on a freed descriptor, because loom models
-/// SeqCst loads, stores and read-modify-writes as AcqRel (loom's README, "Unsupported
-/// features"). The helper's install-then-check (CAS `b`, load T's status) and the owner's
-/// decide-then-release (CAS T's status, load `b`) are a store-buffering (Dekker) pair:
-/// under SeqCst one of them must see the other's write, so either the helper sees T decided
-/// and takes its claim out, or the owner sees the claim and takes it out. Loom lets both read
-/// the old values: the claim stays in `b`, the last count goes and T is freed. Nothing else
-/// orders them here, because the owner never wrote `b` (it only loaded it); when it did (a
-/// claim taken out, as in `late_claim_is_taken_out`), the helper's compare-and-swap reads
-/// that write and is ordered after the decision. Either change to the core makes it pass
-/// (about 6900 executions at bound 2, the rest of the suite unchanged): a `fence(SeqCst)`
-/// between the claim's compare-and-swap and the status check in `Slot::install_claim` and
-/// `install_snapshot_claim` and one between the decision and the releases in `Owner::drop`
-/// (loom models SeqCst fences); or the late check as a read-modify-write of the status
-/// (`fetch_or(0, SeqCst)`), which reads the latest status and, when it comes before the
-/// decision, is read by it (the decider then sees the claim), so it holds under AcqRel too.
-/// Run it with `--include-ignored` once the core has one of them, then drop the `ignore`.
+/// The helper's install-then-check (CAS `b`, then T's status) and the owner's
+/// decide-then-release (CAS T's status, then load `b`) are a store-buffering (Dekker) pair:
+/// one of them must see the other's write, so that either the helper sees T decided and takes
+/// its claim out, or the owner sees the claim and takes it out. Loom models SeqCst accesses
+/// as AcqRel, which would let both read the old values (the claim stays in `b`, the last
+/// count goes, and T is freed: this model failed so before the core changed), so the core's
+/// late check is a read-modify-write of the status (`Txn::status_synced`): it reads the latest
+/// status and, when it comes before the decision, is read by it, so the decider then sees the
+/// claim. That holds under AcqRel too.
 #[test]
-#[ignore = "loom models SeqCst accesses as AcqRel: the core's late-claim check needs a SeqCst fence or an RMW"]
 fn late_claim_after_abort() {
     late_claim(Decided::ByDrop);
 }

@@ -240,7 +240,7 @@ impl<K, V> Slot<K, V> {
             // Its `before` stays logical, as this claim's `before`.
             retire_snap::<K, V>(pin, current.ptr());
         }
-        if claimer.txn().status() != Status::Undecided {
+        if claimer.txn().status_synced() != Status::Undecided {
             // Late: the transaction was decided meanwhile. Take the claim out again before
             // this helper lets go of its count.
             self.release(entry);
@@ -272,7 +272,7 @@ impl<K, V> Slot<K, V> {
         if let Node::Snap(_) = current.node() {
             retire_snap::<K, V>(pin, current.ptr());
         }
-        if claimer.txn().status() != Status::Undecided {
+        if claimer.txn().status_synced() != Status::Undecided {
             self.release_snapshot_claim(pin, claimer.txn()); // late, as in `install_claim`
         }
         Some(Frozen(before, PhantomData))

@@ -77,8 +77,21 @@ impl<K, V> Txn<K, V> {
         unsafe { std::slice::from_raw_parts(self._entries.as_ptr(), self.len) }
     }
 
+    /// The status, read with a read-modify-write: the latest in its modification order. A
+    /// helper re-checks the status this way right after installing a claim. With the owner's
+    /// decision followed by its release pass, the two form a store-buffering pair; SeqCst loads
+    /// would do under Rust's memory model, but loom models them as acquire loads, so only the
+    /// read-modify-write lets the models check that a late claim is always taken out.
+    pub(crate) fn status_synced(&self) -> Status {
+        Self::status_of(self.status.fetch_or(0, SeqCst))
+    }
+
     pub(crate) fn status(&self) -> Status {
-        match self.status.load(SeqCst) {
+        Self::status_of(self.status.load(SeqCst))
+    }
+
+    fn status_of(status: u8) -> Status {
+        match status {
             0 => Status::Undecided,
             1 => Status::Committed,
             _ => Status::Aborted,
