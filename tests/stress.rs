@@ -460,16 +460,16 @@ const CREATION_CAP: u64 = 2_000_000;
 
 #[test]
 fn dump_completes_while_another_thread_keeps_creating_keys() {
-    // 20 000 keys exist; one thread creates new keys one after the other, in a tight loop,
-    // until the dumps are done; the test thread dumps 20 times. Each dump must return (the
+    // 5 000 keys exist; one thread creates new keys one after the other, in a tight loop,
+    // until the dumps are done; the test thread dumps 10 times. Each dump must return (the
     // watchdog), in key order without duplicates, with every pre-created key and, of the new
     // keys, exactly those created before some instant: a prefix of the creation order, never
     // a key whose creation had not started. Catches: a dump that retries until no key is
     // created (it never returns here, or only once the creator hits its cap), a dump that
     // lists keys at one instant and reads them at another (a gap in the prefix), a key listed
     // twice, a key lost.
-    const PRE: u64 = 20_000;
-    const DUMPS: usize = 20;
+    const PRE: u64 = 5_000;
+    const DUMPS: usize = 10;
     let store: Arc<Store<u64, u64>> = Arc::new(Store::new());
     drop(store.using(0..PRE).unwrap());
     // How many new keys the creator has started to create.
@@ -483,7 +483,7 @@ fn dump_completes_while_another_thread_keeps_creating_keys() {
     };
     let (s, check) = (store.clone(), creator.check());
     let seen = common::within_for(
-        "20 dumps",
+        "the dumps",
         DUMP_WATCHDOG,
         "a dump waits for key creation to stop",
         move || {
@@ -557,7 +557,7 @@ fn dump_sums_to_zero_while_keys_are_created_and_written_together() {
     };
     let (s, check) = (store.clone(), writer.check());
     let seen = common::within_for(
-        "20 dumps",
+        "the dumps",
         DUMP_WATCHDOG,
         "a dump waits for key creation to stop",
         move || {
