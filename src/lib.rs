@@ -30,8 +30,10 @@
 //! # Ok::<(), Error>(())
 //! ```
 //!
-//! The [`docs`] module holds the long-form documentation: the protocol, and how this crate
-//! differs from Axon.STM.
+//! The [`docs`] module holds the long-form documentation: the numbered
+//! [contract](docs::contract) (what the store promises; the rest of the documentation cites
+//! its points), the [design](docs::design) (the protocol, its invariants, who frees what),
+//! how this crate differs from Axon.STM, and how to model-check your own code with loom.
 #![deny(
     unsafe_code,
     unsafe_op_in_unsafe_fn,

@@ -2,7 +2,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash};
 
 use crate::handle::{Collection, StoreId, Value};
-use crate::primitive::pin;
+use crate::primitive::{pin, Guard};
 use crate::slot::{OnceBox, Record, Shelf, Slot, Table};
 use crate::snapshot::{self, version};
 use crate::{order, Error};
@@ -54,7 +54,7 @@ impl<'g, K, V> snapshot::Read<'g, K, V> for Found<'_, 'g, K, V> {
 pub struct Store<K, V, S = DefaultHasher> {
     id: StoreId,
     table: Table<K, V, S>,
-    /// A `dump` that keeps being overtaken by new keys asks for help here (see `dump`).
+    /// Each `dump` asks the threads that create keys for help here (see `dump_with_help`).
     dumps: Shelf<DumpRequest<K, V>>,
 }
 
@@ -261,7 +261,7 @@ where
     }
 
     /// Takes down a request that was served (its owner keeps its own reference to it).
-    fn clear_served(&self, pin: &crate::primitive::Guard) {
+    fn clear_served(&self, pin: &Guard) {
         if let Some(request) = self.dumps.peek(pin).filter(|r| r.rows.is_filled()) {
             self.dumps.remove(pin, request);
         }
