@@ -235,9 +235,25 @@ where
                 }
             }
         };
+        // Takes the request down however this call ends: a panic in `try_dump` (a user's
+        // `V::clone`, say) must not leave it up for key creators to serve.
+        struct TakeDown<'a, K, V> {
+            dumps: &'a Shelf<DumpRequest<K, V>>,
+            pin: &'a Guard,
+            request: &'a DumpRequest<K, V>,
+        }
+        impl<K, V> Drop for TakeDown<'_, K, V> {
+            fn drop(&mut self) {
+                self.dumps.remove(self.pin, self.request); // unless a creator already did
+            }
+        }
+        let _take_down = TakeDown {
+            dumps: &self.dumps,
+            pin: &pin,
+            request: mine,
+        };
         loop {
             if let Some(rows) = mine.rows.take() {
-                self.dumps.remove(&pin, mine); // unless a creator already did
                 return *rows;
             }
             if let Some(rows) = self.try_dump() {

@@ -1093,7 +1093,7 @@ fn broken_ord_keeps_keys_and_commits(broken: Broken) {
     const TRANSFERS: u32 = 150 * SCALE as u32;
     let key = move |i: u32| BadKey(i, broken);
     let attempt = |what: &str, f: &mut dyn FnMut()| {
-        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -1220,4 +1220,39 @@ fn broken_ord_always_equal_lookup_finds_the_right_handle() {
 #[test]
 fn broken_ord_random_lookup_finds_the_right_handle() {
     broken_ord_lookup_finds_the_right_handle(Broken::Random);
+}
+
+/// A value whose `clone` panics while its flag is set.
+#[derive(Debug)]
+struct CloneBomb(Arc<AtomicBool>);
+
+impl Clone for CloneBomb {
+    fn clone(&self) -> Self {
+        assert!(!self.0.load(Ordering::SeqCst), "CloneBomb went off");
+        CloneBomb(self.0.clone())
+    }
+}
+
+#[test]
+fn p9_a_dump_that_panics_leaves_key_creation_unharmed() {
+    // `dump` asks key creators for help while it runs; if its own `V::clone` panics, the request
+    // must go down with it. Catches: a request left up, which every later key creation would
+    // serve by cloning the same value, and panic in its turn.
+    let armed = Arc::new(AtomicBool::new(false));
+    let store: Store<u64, CloneBomb> = Store::new();
+    let mut v = store.usevar(1).unwrap();
+    v.set(CloneBomb(armed.clone()));
+    v.commit().unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let dumped = catch_unwind(AssertUnwindSafe(|| store.dump()));
+    assert!(dumped.is_err(), "the dump cloned the armed value");
+    for key in 2..6 {
+        let created = catch_unwind(AssertUnwindSafe(|| store.usevar(key).map(|v| v.version())));
+        assert!(
+            matches!(created, Ok(Ok(0))),
+            "creating key {key} panicked or failed"
+        );
+    }
+    armed.store(false, Ordering::SeqCst);
+    assert_eq!(store.dump().len(), 5);
 }
