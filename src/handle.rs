@@ -49,13 +49,15 @@ impl<'s, K, V> Value<'s, K, V> {
     where
         V: Clone,
     {
-        Self {
+        let mut value = Self {
             store,
             slot,
-            version: read.map_or(0, |record| record.version),
-            value: read.and_then(|record| record.value.clone()),
+            version: 0,
+            value: None,
             pending: None,
-        }
+        };
+        snapshot::Read::take(&mut value, read);
+        value
     }
 
     pub(crate) fn store_id(&self) -> StoreId {
@@ -144,7 +146,7 @@ impl<'g, K, V: Clone> snapshot::Read<'g, K, V> for Value<'_, K, V> {
     }
 
     fn take(&mut self, record: Option<&'g Record<V>>) {
-        self.version = record.map_or(0, |record| record.version);
+        self.version = snapshot::version(record);
         self.value = record.and_then(|record| record.value.clone());
     }
 

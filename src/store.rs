@@ -252,12 +252,19 @@ where
             pin: &pin,
             request: mine,
         };
-        loop {
-            if let Some(rows) = mine.rows.take() {
-                return *rows;
-            }
+        self.serve(mine);
+        let rows = mine
+            .rows
+            .take()
+            .expect("served, and only its owner takes the rows");
+        *rows
+    }
+
+    /// Takes snapshots until one is handed to `request`.
+    fn serve(&self, request: &DumpRequest<K, V>) {
+        while !request.rows.is_filled() {
             if let Some(rows) = self.try_dump() {
-                mine.rows.offer(Box::new(rows));
+                request.rows.offer(Box::new(rows));
             }
         }
     }
@@ -267,11 +274,7 @@ where
     fn help_dump(&self) {
         let pin = pin();
         if let Some(request) = self.dumps.peek(&pin) {
-            while !request.rows.is_filled() {
-                if let Some(rows) = self.try_dump() {
-                    request.rows.offer(Box::new(rows));
-                }
-            }
+            self.serve(request);
             self.dumps.remove(&pin, request);
         }
     }
