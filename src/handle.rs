@@ -1,23 +1,12 @@
 use crate::order;
-use crate::primitive::IdCounter;
 use crate::protocol::{self, Part};
 use crate::slot::{Record, Slot};
 use crate::snapshot;
+use crate::wake::Waiters;
 use crate::Error;
 use std::borrow::Borrow;
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-
-/// Which store a handle came from (`Store::set` refuses handles of another store).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct StoreId(u64);
-
-impl StoreId {
-    pub(crate) fn new() -> Self {
-        static IDS: IdCounter = IdCounter::new();
-        Self(IDS.next())
-    }
-}
 
 /// One key read from a [`Store`](crate::Store): its version and a copy of its value as read,
 /// and a pending change made with [`set`](Value::set) or [`clear`](Value::clear).
@@ -36,7 +25,9 @@ impl StoreId {
 /// # Ok::<(), stm_store::Error>(())
 /// ```
 pub struct Value<'s, K, V> {
-    store: StoreId,
+    /// The store's waiters: a commit wakes them, and their address says which store this
+    /// handle came from (`Store::set` refuses handles of another store).
+    store: &'s Waiters,
     slot: &'s Slot<K, V>,
     version: u64,
     value: Option<V>,
@@ -45,7 +36,7 @@ pub struct Value<'s, K, V> {
 }
 
 impl<'s, K, V> Value<'s, K, V> {
-    pub(crate) fn new(store: StoreId, slot: &'s Slot<K, V>, read: Option<&Record<V>>) -> Self
+    pub(crate) fn new(store: &'s Waiters, slot: &'s Slot<K, V>, read: Option<&Record<V>>) -> Self
     where
         V: Clone,
     {
@@ -60,8 +51,9 @@ impl<'s, K, V> Value<'s, K, V> {
         value
     }
 
-    pub(crate) fn store_id(&self) -> StoreId {
-        self.store
+    /// Whether this handle came from the store whose waiters are `store`.
+    pub(crate) fn came_from(&self, store: &Waiters) -> bool {
+        std::ptr::eq(self.store, store)
     }
 
     pub(crate) fn slot_id(&self) -> u64 {
@@ -117,7 +109,7 @@ impl<'s, K, V> Value<'s, K, V> {
     where
         V: Clone,
     {
-        protocol::commit(std::iter::once(self.part()))?;
+        protocol::commit(self.store, std::iter::once(self.part()))?;
         drop(self.committed());
         Ok(())
     }
@@ -198,9 +190,10 @@ impl<'s, K, V> Collection<'s, K, V> {
         Self { values }
     }
 
-    /// Whether every handle in it came from `store` (only `std::mem::swap` can mix them).
-    pub(crate) fn all_from(&self, store: StoreId) -> bool {
-        self.values.iter().all(|value| value.store == store)
+    /// Whether every handle in it came from the store whose waiters are `store` (only
+    /// `std::mem::swap` can mix them).
+    pub(crate) fn all_from(&self, store: &Waiters) -> bool {
+        self.values.iter().all(|value| value.came_from(store))
     }
 
     /// The handle of `key`, if the collection has it.
@@ -264,19 +257,23 @@ impl<'s, K, V> Collection<'s, K, V> {
     where
         V: Clone,
     {
-        self.check_one_store();
-        protocol::commit(self.values.iter().map(Value::part))?;
+        let Some(store) = self.check_one_store() else {
+            return Ok(()); // empty: nothing to validate
+        };
+        protocol::commit(store, self.values.iter().map(Value::part))?;
         self.committed();
         Ok(())
     }
 
+    /// The waiters of the one store this collection's handles came from (`None`: empty).
     #[track_caller]
-    fn check_one_store(&self) {
-        let one = self.values.windows(2).all(|w| w[0].store == w[1].store);
+    fn check_one_store(&self) -> Option<&'s Waiters> {
+        let store = self.values.first()?.store;
         assert!(
-            one,
+            self.all_from(store),
             "Collection::commit: this collection holds handles of different stores (moved in with std::mem::swap); commit each store's handles separately"
         );
+        Some(store)
     }
 
     /// After a successful commit. A panicking `V::drop` of a replaced copy cannot leave some
@@ -323,7 +320,7 @@ impl<'s, K, V> Collection<'s, K, V> {
     where
         V: Clone,
     {
-        self.check_one_store();
+        let _ = self.check_one_store();
         let commit = protocol::Paused::new(self.values.iter().map(Value::part), claims);
         Paused {
             commit,
@@ -345,7 +342,11 @@ pub struct Paused<'a, 's, K, V> {
 impl<K, V> Paused<'_, '_, K, V> {
     /// Finishes the commit and reports it, as [`Collection::commit`] would have.
     pub fn resume(self) -> Result<(), Error> {
-        self.commit.resume()?;
+        let store = self.collection.values.first().map(|value| value.store);
+        match store {
+            Some(store) => self.commit.resume(store)?,
+            None => return Ok(()),
+        }
         self.collection.committed();
         Ok(())
     }

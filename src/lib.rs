@@ -51,12 +51,15 @@ mod protocol;
 mod slot;
 mod snapshot;
 mod store;
+mod tx;
+mod wake;
 
 pub use error::Error;
 #[cfg(any(loom, feature = "test-hooks"))]
 pub use handle::Paused;
 pub use handle::{Collection, Value};
 pub use store::{DefaultHasher, Store};
+pub use tx::{Backoff, Transaction, Tx, TxError};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

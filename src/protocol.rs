@@ -22,6 +22,7 @@
 
 use crate::primitive::{pin, Guard};
 use crate::slot::{Claimer, Entry, EntryInit, Hold, Kind, Owner, Record, Slot, Status, Txn};
+use crate::wake::Waiters;
 use crate::Error;
 
 /// A handle's part in a commit: its slot, the version it read, and what it writes.
@@ -38,23 +39,27 @@ impl<K, V> Clone for Part<'_, '_, K, V> {
 }
 impl<K, V> Copy for Part<'_, '_, K, V> {}
 
-/// Commits `parts` (of one store) atomically: `Ok` once every write is visible,
-/// `ConcurrentUpdate` if some key had changed since it was read; then nothing was written.
+/// Commits `parts` (of the store `waiters` belongs to) atomically: `Ok` once every write is
+/// visible, `ConcurrentUpdate` if some key had changed since it was read; then nothing was
+/// written. A commit that wrote wakes the store's waiters.
 ///
 /// # Panics
 /// If two parts are handles of the same key (only `std::mem::swap` can make that).
 pub(crate) fn commit<'a, 's: 'a, K: 's, V: Clone + 's>(
+    waiters: &Waiters,
     parts: impl ExactSizeIterator<Item = Part<'a, 's, K, V>> + Clone,
 ) -> Result<(), Error> {
     let writes = parts.clone().filter(|part| part.write.is_some()).count();
     match (writes, parts.len()) {
-        (0, _) => validate(parts),
+        (0, _) => return validate(parts),
         (1, 1) => {
             let part = parts.clone().next().expect("one part");
-            commit_one(part.slot, part.version, part.write.expect("one write"))
+            commit_one(part.slot, part.version, part.write.expect("one write"))?;
         }
-        _ => commit_many(parts),
+        _ => commit_many(parts)?,
     }
+    waiters.committed();
+    Ok(())
 }
 
 /// A commit that only read: it holds if, in one pass, every key still has its read version.
@@ -297,9 +302,11 @@ impl<K, V> Paused<K, V> {
         Self { owner }
     }
 
-    pub(crate) fn resume(self) -> Result<(), Error> {
+    pub(crate) fn resume(self, waiters: &Waiters) -> Result<(), Error> {
         let pin = pin();
         drive(&pin, self.owner.claimer(), 0);
-        outcome(self.owner.txn())
+        outcome(self.owner.txn())?;
+        waiters.committed();
+        Ok(())
     }
 }

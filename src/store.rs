@@ -1,10 +1,12 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 
-use crate::handle::{Collection, StoreId, Value};
+use crate::handle::{Collection, Value};
 use crate::primitive::{pin, Guard};
 use crate::slot::{OnceBox, Record, Shelf, Slot, Table};
 use crate::snapshot::{self, version};
+use crate::tx::{Transaction, Tx, TxError};
+use crate::wake::Waiters;
 use crate::{order, Error};
 
 /// The hasher a store uses unless told otherwise: fast, and seeded per process.
@@ -52,7 +54,8 @@ impl<'g, K, V> snapshot::Read<'g, K, V> for Found<'_, 'g, K, V> {
 /// # Ok::<(), stm_store::Error>(())
 /// ```
 pub struct Store<K, V, S = DefaultHasher> {
-    id: StoreId,
+    /// Transactions waiting in `retry`, woken by commits.
+    waiters: Waiters,
     table: Table<K, V, S>,
     /// Each `dump` asks the threads that create keys for help here (see `dump_with_help`).
     dumps: Shelf<DumpRequest<K, V>>,
@@ -88,7 +91,7 @@ where
     /// ```
     pub fn with_hasher(hasher: S) -> Self {
         Self {
-            id: StoreId::new(),
+            waiters: Waiters::new(),
             table: Table::with_hasher(hasher),
             dumps: Shelf::new(),
         }
@@ -115,7 +118,7 @@ where
         let slot = self.slot(key);
         let pin = pin();
         let record = slot.load(&pin).logical();
-        Ok(Value::new(self.id, slot, record))
+        Ok(Value::new(&self.waiters, slot, record))
     }
 
     /// Reads several keys into a [`Collection`]: a consistent snapshot (every record was the
@@ -137,12 +140,90 @@ where
     pub fn using<I: IntoIterator<Item = K>>(&self, keys: I) -> Result<Collection<'_, K, V>, Error> {
         let mut values: Vec<_> = keys
             .into_iter()
-            .map(|key| Value::new(self.id, self.slot(key), None))
+            .map(|key| Value::new(&self.waiters, self.slot(key), None))
             .collect();
         values.sort_unstable_by_key(|value| value.slot_id());
         values.dedup_by_key(|value| value.slot_id());
         snapshot::read_all(&pin(), &mut values);
         Ok(Collection::new(values))
+    }
+
+    /// Runs `f` as one transaction and returns its result: the way to write new code.
+    ///
+    /// The closure reads and writes keys through [`Tx`] as it goes (reads see its own writes)
+    /// and passes every [`TxError`] up with `?`. When it returns, its reads are validated and its
+    /// writes land, all at one instant; if some key it read had changed, **the closure runs
+    /// again**, after a short backoff, until it commits. So it may run more than once: keep
+    /// side effects out of it (or make them idempotent), and return what you computed.
+    ///
+    /// Within one run, every read is consistent with all the earlier ones (opacity): an
+    /// invariant that every writer keeps always holds in what the closure sees. [`Tx::retry`]
+    /// waits until a key read changes; [`Tx::or_else`] tries an alternative. For an error type
+    /// of your own use [`try_atomically`](Store::try_atomically); for a timeout or another
+    /// backoff, [`transaction`](Store::transaction); for async code,
+    /// [`Transaction::run_async`].
+    ///
+    /// ```
+    /// let store: stm_store::Store<&str, i64> = stm_store::Store::new();
+    /// store.atomically(|tx| tx.set(&"alice", 100));
+    /// // Move 30 from alice to bob.
+    /// store.atomically(|tx| {
+    ///     let alice = tx.get(&"alice")?.unwrap_or(0);
+    ///     let bob = tx.get(&"bob")?.unwrap_or(0);
+    ///     tx.set(&"alice", alice - 30)?;
+    ///     tx.set(&"bob", bob + 30)
+    /// });
+    /// let total = store.atomically(|tx| Ok(tx.get(&"alice")?.unwrap() + tx.get(&"bob")?.unwrap()));
+    /// assert_eq!(total, 100);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the closure returns a [`TxError`] that its own attempt did not raise (one kept from
+    /// an earlier attempt). A panic in the closure goes on to the caller; nothing is written.
+    #[track_caller]
+    pub fn atomically<T>(&self, f: impl FnMut(&mut Tx<'_, K, V, S>) -> Result<T, TxError>) -> T {
+        match self.transaction().run(f) {
+            Ok(value) => value,
+            Err(stale) => panic!("Store::atomically: the closure returned a TxError that its own attempt did not raise ({stale})"),
+        }
+    }
+
+    /// [`atomically`](Store::atomically) for a closure with its own error type `E` (with
+    /// `E: From<TxError>`, so that `?` passes both up). An `Err` of the closure ends the
+    /// transaction: nothing is written, and the error comes back unchanged.
+    ///
+    /// ```
+    /// #[derive(Debug, PartialEq)]
+    /// enum BankError { Insufficient, Tx(stm_store::TxError) }
+    /// impl From<stm_store::TxError> for BankError {
+    ///     fn from(e: stm_store::TxError) -> Self { BankError::Tx(e) }
+    /// }
+    ///
+    /// let store: stm_store::Store<&str, i64> = stm_store::Store::new();
+    /// let withdraw = store.try_atomically(|tx| {
+    ///     let balance = tx.get(&"alice")?.unwrap_or(0);
+    ///     if balance < 30 {
+    ///         return Err(BankError::Insufficient);
+    ///     }
+    ///     Ok(tx.set(&"alice", balance - 30)?)
+    /// });
+    /// assert_eq!(withdraw, Err(BankError::Insufficient));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The closure's own error.
+    pub fn try_atomically<T, E: From<TxError>>(
+        &self,
+        f: impl FnMut(&mut Tx<'_, K, V, S>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.transaction().run(f)
+    }
+
+    /// A transaction with options (a timeout, a backoff) to run blocking or as a future.
+    pub fn transaction(&self) -> Transaction<'_, K, V, S> {
+        Transaction::new(self)
     }
 
     /// Commits one handle: the same as [`Value::commit`].
@@ -152,7 +233,7 @@ where
     /// If `value` came from another store.
     #[track_caller]
     pub fn set(&self, value: &mut Value<'_, K, V>) -> Result<(), Error> {
-        self.check_origin(value.store_id() == self.id, "Store::set");
+        self.check_origin(value.came_from(&self.waiters), "Store::set");
         value.commit()
     }
 
@@ -163,7 +244,7 @@ where
     /// If any handle in `values` came from another store.
     #[track_caller]
     pub fn set_values(&self, values: &mut Collection<'_, K, V>) -> Result<(), Error> {
-        self.check_origin(values.all_from(self.id), "Store::set_values");
+        self.check_origin(values.all_from(&self.waiters), "Store::set_values");
         values.commit()
     }
 
@@ -292,6 +373,18 @@ where
         }
         self.help_dump();
         self.table.get_or_create(key)
+    }
+
+    /// The slot of `key`, created (from a clone of the key) if it is new.
+    pub(crate) fn slot_of(&self, key: &K) -> &Slot<K, V> {
+        match self.table.get(key) {
+            Some(slot) => slot,
+            None => self.slot(key.clone()),
+        }
+    }
+
+    pub(crate) fn waiters(&self) -> &Waiters {
+        &self.waiters
     }
 
     #[track_caller]
