@@ -641,6 +641,10 @@ where
                     if read.iter().all(Option::is_some) {
                         return read.iter().flatten().map(decode_read).collect();
                     }
+                    // A value that does not decode fails the call before anything is created.
+                    for kv in read.iter().flatten() {
+                        decode_read::<V>(kv)?;
+                    }
                     // Someone else may create a key between two tries; then try again
                     // at once (each try creates or finds at least one key more).
                     found = Some(read);
