@@ -57,7 +57,7 @@ fn unreachable_endpoint_is_a_connect_error() {
     let Error::Connect { endpoints, reason } = &e else {
         panic!("expected Error::Connect, got {e:?}")
     };
-    assert_eq!(endpoints, &[endpoint.clone()]);
+    assert_eq!(endpoints, std::slice::from_ref(&endpoint));
     assert!(!reason.is_empty());
     let message = e.to_string();
     assert!(
