@@ -2,6 +2,8 @@
 //! tests, and adapters that let one scenario read the same against both backends.
 #![allow(dead_code)]
 
+pub mod bank;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
