@@ -16,6 +16,9 @@
 #   no_birth_check        dump ignores keys created while it read (a known survivor: loom never
 #                         schedules a key creator between dump's index listing and its slot
 #                         reads, see keys.rs; reported as "SURVIVED (known)", not a failure)
+#   no_opacity            a transaction's new read does not check its earlier reads
+#   lost_wakeup           a transaction in `retry` checks its reads before registering as a
+#                         waiter, not after
 # The check-cfg list also names overwrite_undecided_claim, no_status_check and
 # late_claim_stays, which the core does not implement (the slot module refuses to replace an
 # undecided claim, and a late claim left in its slot would be a use-after-free loom cannot
@@ -42,6 +45,8 @@ implemented=(
     single_collect
     dirty_read
     no_birth_check
+    no_opacity
+    lost_wakeup
 )
 # Mutations that no loom model can catch, and why (see the model docs).
 known_survivors=(no_birth_check)
