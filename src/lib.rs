@@ -1,9 +1,32 @@
 //! An in-process store of versioned key-value pairs with optimistic, atomic multi-key commits
 //! and no lock on the read or commit path: a redesign of Kamaelia's `Axon.STM`.
 //!
-//! A thread reads keys into handles ([`Store::usevar`], [`Store::using`]), changes them, and
-//! commits. The commit either lands atomically or fails with [`Error::ConcurrentUpdate`]
-//! (someone committed a key you read: re-read and redo).
+//! New code writes transactions as closures with [`Store::atomically`]: the closure reads keys
+//! as it goes and writes them through a [`Tx`]; the store commits it atomically and runs it
+//! again if a key it read changed meanwhile (so **the closure may run more than once**). Within
+//! one run every read is consistent with the earlier ones, [`Tx::retry`] waits for a change,
+//! [`Tx::or_else`] tries an alternative, and [`Transaction`] adds timeouts and an async form.
+//!
+//! ```
+//! use stm_store::Store;
+//!
+//! let store: Store<&str, i64> = Store::new();
+//! store.atomically(|tx| tx.set(&"alice", 100));
+//! // Move 30 from alice to bob: both writes land, or neither.
+//! store.atomically(|tx| {
+//!     let alice = tx.get(&"alice")?.unwrap_or(0);
+//!     let bob = tx.get(&"bob")?.unwrap_or(0);
+//!     tx.set(&"alice", alice - 30)?;
+//!     tx.set(&"bob", bob + 30)
+//! });
+//! assert_eq!(store.dump(), vec![("alice", 2, Some(70)), ("bob", 1, Some(30))]);
+//! ```
+//!
+//! Underneath is `Axon.STM`'s model, which stays available as it was: a thread reads keys into
+//! handles ([`Store::usevar`], [`Store::using`]), changes them, and commits. The commit either
+//! lands atomically or fails with [`Error::ConcurrentUpdate`] (someone committed a key you read:
+//! re-read and redo). Transactions and handles work on the same keys at once, atomically with
+//! respect to each other.
 //!
 //! ```
 //! use stm_store::{Error, Store};
