@@ -231,12 +231,29 @@ impl<'s, K, V> Collection<'s, K, V> {
 
     /// The keys and their handles, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &Value<'s, K, V>)> {
-        self.values.iter().map(|value| (value.key(), value))
+        self.into_iter()
     }
 
     /// The handles, mutably, in key order.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Value<'s, K, V>> {
         self.values.iter_mut()
+    }
+
+    /// The keys and their handles, mutably, in key order.
+    ///
+    /// ```
+    /// let store = stm_store::Store::new();
+    /// let mut c = store.using(["a", "b"])?;
+    /// for (key, value) in &mut c {
+    ///     value.set(key.len());
+    /// }
+    /// c.commit()?;
+    /// let sum: usize = (&c).into_iter().map(|(_, v)| v.value().unwrap()).sum();
+    /// assert_eq!(sum, 2);
+    /// # Ok::<(), stm_store::Error>(())
+    /// ```
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut Value<'s, K, V>)> {
+        self.into_iter()
     }
 
     /// Commits every handle at once: the ones that were set or cleared are written (version =
@@ -376,6 +393,30 @@ where
     #[track_caller]
     fn index_mut(&mut self, key: &Q) -> &mut Value<'s, K, V> {
         self.get_mut(key).expect(NOT_IN_COLLECTION)
+    }
+}
+
+impl<'a, 's, K, V> IntoIterator for &'a Collection<'s, K, V> {
+    type Item = (&'a K, &'a Value<'s, K, V>);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, Value<'s, K, V>>,
+        fn(&'a Value<'s, K, V>) -> (&'a K, &'a Value<'s, K, V>),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.values.iter().map(|value| (value.key(), value))
+    }
+}
+
+impl<'a, 's, K, V> IntoIterator for &'a mut Collection<'s, K, V> {
+    type Item = (&'a K, &'a mut Value<'s, K, V>);
+    type IntoIter = std::iter::Map<
+        std::slice::IterMut<'a, Value<'s, K, V>>,
+        fn(&'a mut Value<'s, K, V>) -> (&'a K, &'a mut Value<'s, K, V>),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.values.iter_mut().map(|value| (&value.slot.key, value))
     }
 }
 

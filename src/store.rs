@@ -1,3 +1,4 @@
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 
@@ -266,6 +267,56 @@ where
     /// ```
     pub fn dump(&self) -> Vec<(K, u64, Option<V>)> {
         self.dump_with_help()
+    }
+
+    /// The version and value of `key`, or `None` if the store has no such key. Unlike
+    /// [`usevar`](Store::usevar), it creates nothing: it leaves no trace in the store. It takes
+    /// any borrowed form of the key (`&str` for `String` keys), so a probe allocates nothing.
+    ///
+    /// ```
+    /// let store: stm_store::Store<String, u32> = stm_store::Store::new();
+    /// assert_eq!(store.get("alice"), None);
+    /// assert!(store.is_empty()); // the probe created nothing
+    /// let mut alice = store.usevar("alice".to_string())?;
+    /// assert_eq!(store.get("alice"), Some((0, None))); // exists, never written
+    /// alice.set(7);
+    /// alice.commit()?;
+    /// assert_eq!(store.get("alice"), Some((1, Some(7))));
+    /// # Ok::<(), stm_store::Error>(())
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<(u64, Option<V>)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Ord + ?Sized,
+    {
+        let slot = self.table.get(key)?;
+        let pin = pin();
+        let record = slot.load(&pin).logical();
+        Some((
+            version(record),
+            record.and_then(|record| record.value.clone()),
+        ))
+    }
+
+    /// Whether the store has `key` (created by a read or a write, whether or not it has a
+    /// value). Creates nothing.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Ord + ?Sized,
+    {
+        self.table.get(key).is_some()
+    }
+
+    /// How many keys the store has: the number of rows [`dump`](Store::dump) would return.
+    /// With other threads creating keys, it is the count at some instant during the call.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether the store has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A snapshot of every key, unless a key was created while it was taken. The count of keys

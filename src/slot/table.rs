@@ -1,6 +1,7 @@
 //! The key index: finds or creates the slot of a key. Each slot is allocated once and freed
 //! with the table, so a reference to it lives as long as the table borrow (`Value<'s, ..>`).
 
+use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::ptr::NonNull;
 
@@ -53,8 +54,12 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
         }
     }
 
-    pub(crate) fn get(&self, key: &K) -> Option<&Slot<K, V>> {
-        // SAFETY (of the lifetime): slots are freed only when the table is.
+    /// The slot of `key`, if it exists (by any borrowed form of the key).
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<&Slot<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Ord + ?Sized,
+    {
         self.index.get(key)
     }
 
@@ -74,6 +79,11 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
     pub(crate) fn slots(&self) -> Vec<&Slot<K, V>> {
         self.index.slots()
     }
+
+    /// How many keys there are.
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
 }
 
 #[cfg(not(loom))]
@@ -87,6 +97,33 @@ mod index {
     /// A `DashMap` that stores each slot once, found by its key (no copy of the key beside
     /// it: 8 bytes an entry).
     pub(super) struct Index<K, V, S>(DashMap<SlotBox<K, V>, (), S>);
+
+    /// A borrowed form `Q` of the key, to look slots up by (`K: Borrow<Q>`). A `SlotBox` cannot
+    /// borrow as every such `Q` directly: that impl would overlap `impl Borrow<T> for T`.
+    #[repr(transparent)]
+    struct Borrowed<Q: ?Sized>(Q);
+
+    impl<Q: ?Sized> Borrowed<Q> {
+        fn new(key: &Q) -> &Self {
+            // SAFETY: `Borrowed<Q>` is `repr(transparent)` over `Q`, so the two references have
+            // the same layout and metadata, and the lifetime is carried over.
+            unsafe { &*(key as *const Q as *const Self) }
+        }
+    }
+
+    impl<Q: Hash + ?Sized> Hash for Borrowed<Q> {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            self.0.hash(state); // as `K` hashes: `Borrow` requires it
+        }
+    }
+
+    impl<Q: Eq + ?Sized> PartialEq for Borrowed<Q> {
+        fn eq(&self, other: &Self) -> bool {
+            self.0 == other.0
+        }
+    }
+
+    impl<Q: Eq + ?Sized> Eq for Borrowed<Q> {}
 
     impl<K: Hash, V> Hash for SlotBox<K, V> {
         fn hash<H: Hasher>(&self, state: &mut H) {
@@ -102,9 +139,9 @@ mod index {
 
     impl<K: Eq, V> Eq for SlotBox<K, V> {}
 
-    impl<K, V> Borrow<K> for SlotBox<K, V> {
-        fn borrow(&self) -> &K {
-            &self.get().key
+    impl<K: Borrow<Q>, V, Q: ?Sized> Borrow<Borrowed<Q>> for SlotBox<K, V> {
+        fn borrow(&self) -> &Borrowed<Q> {
+            Borrowed::new(self.get().key.borrow())
         }
     }
 
@@ -123,10 +160,18 @@ mod index {
             ))
         }
 
-        pub(super) fn get(&self, key: &K) -> Option<&Slot<K, V>> {
-            let slot = self.0.get(key)?.key().0;
+        pub(super) fn get<Q>(&self, key: &Q) -> Option<&Slot<K, V>>
+        where
+            K: Borrow<Q>,
+            Q: Hash + Eq + ?Sized,
+        {
+            let slot = self.0.get(Borrowed::new(key))?.key().0;
             // SAFETY: the slot's allocation outlives the table borrow (`SlotBox`).
             Some(unsafe { slot.as_ref() })
+        }
+
+        pub(super) fn len(&self) -> usize {
+            self.0.len()
         }
 
         pub(super) fn get_or_insert(
@@ -171,10 +216,18 @@ mod index {
             Self(Mutex::new(BTreeMap::new()), PhantomData)
         }
 
-        pub(super) fn get(&self, key: &K) -> Option<&Slot<K, V>> {
+        pub(super) fn get<Q>(&self, key: &Q) -> Option<&Slot<K, V>>
+        where
+            K: std::borrow::Borrow<Q>,
+            Q: Ord + ?Sized,
+        {
             let slot = self.0.lock().unwrap().get(key)?.0;
             // SAFETY: the slot's allocation outlives the table borrow (`SlotBox`).
             Some(unsafe { slot.as_ref() })
+        }
+
+        pub(super) fn len(&self) -> usize {
+            self.0.lock().unwrap().len()
         }
 
         pub(super) fn get_or_insert(

@@ -1,0 +1,74 @@
+//! Issue #11, what exists so far: reads that do not create keys, the store's size, and the
+//! collection idioms.
+
+use stm_store::Store;
+
+#[test]
+fn get_by_borrowed_key_creates_nothing() {
+    let store: Store<String, u32> = Store::new();
+    for probe in ["a", "b", "c"] {
+        assert_eq!(store.get(probe), None);
+        assert!(!store.contains_key(probe));
+    }
+    assert_eq!((store.len(), store.is_empty()), (0, true));
+    assert!(store.dump().is_empty());
+}
+
+#[test]
+fn get_sees_what_usevar_created_and_commits_wrote() {
+    let store: Store<String, u32> = Store::new();
+    let mut a = store.usevar("a".to_string()).unwrap();
+    assert_eq!(store.get("a"), Some((0, None)));
+    assert!(store.contains_key("a"));
+    a.set(5);
+    a.commit().unwrap();
+    assert_eq!(store.get("a"), Some((1, Some(5))));
+    a.clear();
+    a.commit().unwrap();
+    assert_eq!(store.get("a"), Some((2, None)));
+    assert_eq!(store.get("b"), None);
+    assert_eq!((store.len(), store.is_empty()), (1, false));
+}
+
+#[test]
+fn len_counts_the_keys_dump_lists() {
+    let store: Store<u32, u32> = Store::new();
+    store.using(0..10).unwrap();
+    store.usevar(3).unwrap();
+    store.atomically(|tx| tx.set(&20, 1));
+    assert_eq!(store.len(), store.dump().len());
+    assert_eq!(store.len(), 11);
+}
+
+#[test]
+fn a_read_that_sees_a_pending_transaction_sees_the_committed_state() {
+    // `get` reads the committed record, whatever claim is in the slot.
+    let store: Store<&str, i32> = Store::new();
+    store.atomically(|tx| {
+        tx.set(&"x", 1)?;
+        tx.set(&"y", 2)
+    });
+    let mut c = store.using(["x", "y"]).unwrap();
+    c["x"].set(10);
+    c["y"].set(20);
+    let paused = c.commit_paused(1); // "x" (created first) claimed, undecided
+    assert_eq!(store.get("x"), Some((1, Some(1))));
+    paused.resume().unwrap();
+    assert_eq!(store.get("x"), Some((2, Some(10))));
+}
+
+#[test]
+fn collections_iterate_by_reference_and_mutably() {
+    let store: Store<&str, usize> = Store::new();
+    let mut c = store.using(["bb", "a", "ccc"]).unwrap();
+    for (key, value) in &mut c {
+        value.set(key.len());
+    }
+    c.commit().unwrap();
+    let seen: Vec<(&str, usize)> = (&c)
+        .into_iter()
+        .map(|(k, v)| (*k, *v.value().unwrap()))
+        .collect();
+    assert_eq!(seen, [("a", 1), ("bb", 2), ("ccc", 3)]);
+    assert_eq!(store.get("ccc"), Some((1, Some(3))));
+}
