@@ -68,6 +68,7 @@ pub mod docs;
 mod error;
 mod handle;
 mod order;
+mod persist;
 mod primitive;
 mod protocol;
 #[allow(unsafe_code)] // the one module with `unsafe`: every block says why it is sound

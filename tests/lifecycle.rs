@@ -40,6 +40,7 @@ fn len_counts_the_keys_dump_lists() {
     assert_eq!(store.len(), 11);
 }
 
+#[cfg(feature = "test-hooks")]
 #[test]
 fn a_read_that_sees_a_pending_transaction_sees_the_committed_state() {
     // `get` reads the committed record, whatever claim is in the slot.
@@ -71,4 +72,52 @@ fn collections_iterate_by_reference_and_mutably() {
         .collect();
     assert_eq!(seen, [("a", 1), ("bb", 2), ("ccc", 3)]);
     assert_eq!(store.get("ccc"), Some((1, Some(3))));
+}
+
+#[test]
+fn from_iterator_and_extend_write_each_pair_in_order() {
+    let mut store: Store<&str, u32> = [("a", 1), ("b", 2), ("a", 3)].into_iter().collect();
+    assert_eq!(store.dump(), vec![("a", 2, Some(3)), ("b", 1, Some(2))]);
+    store.extend([("b", 20), ("c", 30)]);
+    assert_eq!(
+        store.dump(),
+        vec![("a", 2, Some(3)), ("b", 2, Some(20)), ("c", 1, Some(30))]
+    );
+}
+
+#[cfg(feature = "serde")]
+mod serde_snapshots {
+    use stm_store::Store;
+
+    #[test]
+    fn a_store_round_trips_with_versions_and_empty_keys() {
+        let store: Store<String, Vec<u8>> = Store::new();
+        store.atomically(|tx| {
+            tx.set(&"a".to_string(), vec![1, 2])?;
+            tx.set(&"b".to_string(), vec![])
+        });
+        store.atomically(|tx| tx.clear(&"b".to_string()));
+        store.usevar("never written".to_string()).unwrap();
+        let json = serde_json::to_string(&store).unwrap();
+        let back: Store<String, Vec<u8>> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.dump(), store.dump());
+        assert_eq!(back.get("b"), Some((2, None)));
+        // The restored versions are live ones: a commit goes on from them.
+        let mut a = back.usevar("a".to_string()).unwrap();
+        a.set(vec![3]);
+        a.commit().unwrap();
+        assert_eq!(back.get("a"), Some((2, Some(vec![3]))));
+    }
+
+    #[test]
+    fn bad_snapshots_are_refused_with_a_clear_error() {
+        let twice = r#"[["a", 1, 5], ["a", 2, 6]]"#;
+        let err = serde_json::from_str::<Store<String, u32>>(twice).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+        let zero = r#"[["a", 0, 5]]"#;
+        let err = serde_json::from_str::<Store<String, u32>>(zero).unwrap_err();
+        assert!(err.to_string().contains("version 0"), "{err}");
+        let not_rows = r#"{"a": 1}"#;
+        assert!(serde_json::from_str::<Store<String, u32>>(not_rows).is_err());
+    }
 }

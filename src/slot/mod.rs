@@ -191,6 +191,20 @@ impl<K, V> Slot<K, V> {
             .is_ok()
     }
 
+    /// Gives a slot still at version 0 (no record, no claim) its first record, at any version
+    /// (I4 holds: versions grow from 0): how a store is rebuilt from a saved snapshot. Refused,
+    /// with the record handed back, if the slot has anything in it.
+    #[cfg(feature = "serde")]
+    pub(crate) fn restore(&self, record: Box<Record<V>>) -> Result<(), Box<Record<V>>> {
+        let new = Box::into_raw(record);
+        if self.cas(0, new as usize) {
+            Ok(())
+        } else {
+            // SAFETY: `new` came from `Box::into_raw` above and was never published.
+            Err(unsafe { Box::from_raw(new) })
+        }
+    }
+
     /// Replaces `current` by the plain `record` and retires what it replaced. Refused, with the
     /// record handed back, if `current` is an undecided claim, if `record` is not one version
     /// newer, or if the slot has changed since `current` was loaded.
