@@ -94,7 +94,8 @@ fn child() {
             let mut tally = Tally::default();
             let mut rng = Rng::new(std::process::id() as u64);
             while tally.commits < TRANSFERS {
-                bank::transfer(&store, worker, ACCOUNTS, &mut rng, &mut tally).unwrap();
+                bank::transfer(&store, worker, ACCOUNTS, &mut rng, &mut tally, &mut |_| {})
+                    .unwrap();
             }
             println!("\nRESULT {}", tally.line(&format!("worker {worker}")));
         }

@@ -93,13 +93,15 @@ impl Rng {
 /// `BusyRetry` and `ConcurrentUpdate` are counted and end the attempt (nothing was written;
 /// the next attempt re-reads). `OutcomeUnknown` is counted and the same commit is repeated
 /// until its outcome is known (it may have landed: re-reading and redoing could apply it
-/// twice). Returns whether the transfer landed.
+/// twice). `answered` is called at each of these error answers, as it comes. Returns whether
+/// the transfer landed.
 pub fn transfer(
     store: &EtcdStore<String, i64>,
     worker: usize,
     accounts: usize,
     rng: &mut Rng,
     tally: &mut Tally,
+    answered: &mut dyn FnMut(&Error),
 ) -> Result<bool, Error> {
     let from = rng.below(accounts as u64) as usize;
     let to = (from + 1 + rng.below(accounts as u64 - 1) as usize) % accounts;
@@ -108,6 +110,7 @@ pub fn transfer(
         Ok(c) => c,
         Err(e) if e == BusyRetry => {
             tally.busy += 1;
+            answered(&e);
             return Ok(false);
         }
         Err(e) => return Err(e),
@@ -131,13 +134,18 @@ pub fn transfer(
             }
             Err(e) if e == ConcurrentUpdate => {
                 tally.conflicts += 1;
+                answered(&e);
                 return Ok(false);
             }
             Err(e) if e == BusyRetry => {
                 tally.busy += 1;
+                answered(&e);
                 return Ok(false);
             }
-            Err(Error::OutcomeUnknown) => tally.unknown += 1,
+            Err(Error::OutcomeUnknown) => {
+                tally.unknown += 1;
+                answered(&Error::OutcomeUnknown);
+            }
             Err(e) => return Err(e),
         }
     }
