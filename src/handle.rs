@@ -1,8 +1,8 @@
 use crate::order;
 use crate::protocol::{self, Part};
+use crate::shared::Shared;
 use crate::slot::{Record, Slot};
 use crate::snapshot;
-use crate::wake::Waiters;
 use crate::Error;
 use std::borrow::Borrow;
 use std::fmt;
@@ -25,9 +25,9 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 /// # Ok::<(), stm_store::Error>(())
 /// ```
 pub struct Value<'s, K, V> {
-    /// The store's waiters: a commit wakes them, and their address says which store this
+    /// What the store's commits reach besides the slots; its address says which store this
     /// handle came from (`Store::set` refuses handles of another store).
-    store: &'s Waiters,
+    store: &'s Shared,
     slot: &'s Slot<K, V>,
     version: u64,
     value: Option<V>,
@@ -36,7 +36,7 @@ pub struct Value<'s, K, V> {
 }
 
 impl<'s, K, V> Value<'s, K, V> {
-    pub(crate) fn new(store: &'s Waiters, slot: &'s Slot<K, V>, read: Option<&Record<V>>) -> Self
+    pub(crate) fn new(store: &'s Shared, slot: &'s Slot<K, V>, read: Option<&Record<V>>) -> Self
     where
         V: Clone,
     {
@@ -51,8 +51,8 @@ impl<'s, K, V> Value<'s, K, V> {
         value
     }
 
-    /// Whether this handle came from the store whose waiters are `store`.
-    pub(crate) fn came_from(&self, store: &Waiters) -> bool {
+    /// Whether this handle came from the store that `store` belongs to.
+    pub(crate) fn came_from(&self, store: &Shared) -> bool {
         std::ptr::eq(self.store, store)
     }
 
@@ -190,9 +190,9 @@ impl<'s, K, V> Collection<'s, K, V> {
         Self { values }
     }
 
-    /// Whether every handle in it came from the store whose waiters are `store` (only
+    /// Whether every handle in it came from the store that `store` belongs to (only
     /// `std::mem::swap` can mix them).
-    pub(crate) fn all_from(&self, store: &Waiters) -> bool {
+    pub(crate) fn all_from(&self, store: &Shared) -> bool {
         self.values.iter().all(|value| value.came_from(store))
     }
 
@@ -282,9 +282,9 @@ impl<'s, K, V> Collection<'s, K, V> {
         Ok(())
     }
 
-    /// The waiters of the one store this collection's handles came from (`None`: empty).
+    /// The shared part of the one store this collection's handles came from (`None`: empty).
     #[track_caller]
-    fn check_one_store(&self) -> Option<&'s Waiters> {
+    fn check_one_store(&self) -> Option<&'s Shared> {
         let store = self.values.first()?.store;
         assert!(
             self.all_from(store),
@@ -337,8 +337,10 @@ impl<'s, K, V> Collection<'s, K, V> {
     where
         V: Clone,
     {
-        let _ = self.check_one_store();
-        let commit = protocol::Paused::new(self.values.iter().map(Value::part), claims);
+        let commit = self.check_one_store().map(|store| {
+            let parts = self.values.iter().map(Value::part);
+            (store, protocol::Paused::new(store, parts, claims))
+        });
         Paused {
             commit,
             collection: self,
@@ -351,7 +353,8 @@ impl<'s, K, V> Collection<'s, K, V> {
 /// (`mem::forget`) leaks its descriptor, and other threads can still finish it.
 #[cfg(any(loom, feature = "test-hooks"))]
 pub struct Paused<'a, 's, K, V> {
-    commit: protocol::Paused<K, V>,
+    /// `None` for an empty collection: nothing to commit.
+    commit: Option<(&'s Shared, protocol::Paused<K, V>)>,
     collection: &'a mut Collection<'s, K, V>,
 }
 
@@ -359,10 +362,8 @@ pub struct Paused<'a, 's, K, V> {
 impl<K, V> Paused<'_, '_, K, V> {
     /// Finishes the commit and reports it, as [`Collection::commit`] would have.
     pub fn resume(self) -> Result<(), Error> {
-        let store = self.collection.values.first().map(|value| value.store);
-        match store {
-            Some(store) => self.commit.resume(store)?,
-            None => return Ok(()),
+        if let Some((store, commit)) = self.commit {
+            commit.resume(store)?;
         }
         self.collection.committed();
         Ok(())

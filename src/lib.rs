@@ -71,9 +71,11 @@ mod order;
 mod persist;
 mod primitive;
 mod protocol;
+mod shared;
 #[allow(unsafe_code)] // the one module with `unsafe`: every block says why it is sound
 mod slot;
 mod snapshot;
+mod stats;
 mod store;
 mod tx;
 mod wake;
@@ -82,6 +84,7 @@ pub use error::Error;
 #[cfg(any(loom, feature = "test-hooks"))]
 pub use handle::Paused;
 pub use handle::{Collection, Value};
+pub use stats::Stats;
 pub use store::{DefaultHasher, Store};
 pub use tx::{Backoff, Transaction, Tx, TxError};
 

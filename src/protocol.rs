@@ -21,8 +21,9 @@
 //! so `Aborted` always means a real conflict, and commits never answer `BusyRetry`.
 
 use crate::primitive::{pin, Guard};
+use crate::shared::Shared;
 use crate::slot::{Claimer, Entry, EntryInit, Hold, Kind, Owner, Record, Slot, Status, Txn};
-use crate::wake::Waiters;
+use crate::stats::{Count, Counters};
 use crate::Error;
 
 /// A handle's part in a commit: its slot, the version it read, and what it writes.
@@ -39,27 +40,35 @@ impl<K, V> Clone for Part<'_, '_, K, V> {
 }
 impl<K, V> Copy for Part<'_, '_, K, V> {}
 
-/// Commits `parts` (of the store `waiters` belongs to) atomically: `Ok` once every write is
-/// visible, `ConcurrentUpdate` if some key had changed since it was read; then nothing was
+/// Commits `parts` (of the store that `shared` belongs to) atomically: `Ok` once every write
+/// is visible, `ConcurrentUpdate` if some key had changed since it was read; then nothing was
 /// written. A commit that wrote wakes the store's waiters.
 ///
 /// # Panics
 /// If two parts are handles of the same key (only `std::mem::swap` can make that).
 pub(crate) fn commit<'a, 's: 'a, K: 's, V: Clone + 's>(
-    waiters: &Waiters,
+    shared: &Shared,
     parts: impl ExactSizeIterator<Item = Part<'a, 's, K, V>> + Clone,
 ) -> Result<(), Error> {
     let writes = parts.clone().filter(|part| part.write.is_some()).count();
-    match (writes, parts.len()) {
-        (0, _) => return validate(parts),
+    let result = match (writes, parts.len()) {
+        (0, _) => validate(parts),
         (1, 1) => {
             let part = parts.clone().next().expect("one part");
-            commit_one(part.slot, part.version, part.write.expect("one write"))?;
+            let write = part.write.expect("one write");
+            commit_one(&shared.counters, part.slot, part.version, write)
         }
-        _ => commit_many(parts)?,
+        _ => commit_many(&shared.counters, parts),
+    };
+    if result.is_ok() && writes > 0 {
+        shared.waiters.committed();
     }
-    waiters.committed();
-    Ok(())
+    shared.count(if result.is_ok() {
+        Count::Commit
+    } else {
+        Count::Conflict
+    });
+    result
 }
 
 /// A commit that only read: it holds if, in one pass, every key still has its read version.
@@ -76,6 +85,7 @@ fn validate<'a, 's: 'a, K: 's, V: 's>(
 
 /// The fast path: one key written, nothing else read, no descriptor.
 fn commit_one<K, V: Clone>(
+    counters: &Counters,
     slot: &Slot<K, V>,
     version: u64,
     value: &Option<V>,
@@ -88,7 +98,7 @@ fn commit_one<K, V: Clone>(
     loop {
         let current = slot.load(&pin);
         if let Some(blocker) = current.blocker() {
-            help(&pin, blocker, slot.id);
+            help(&pin, blocker, slot.id, counters);
             continue;
         }
         if current.version() != version {
@@ -102,16 +112,17 @@ fn commit_one<K, V: Clone>(
 }
 
 fn commit_many<'a, 's: 'a, K: 's, V: Clone + 's>(
+    counters: &Counters,
     parts: impl ExactSizeIterator<Item = Part<'a, 's, K, V>>,
 ) -> Result<(), Error> {
     #[cfg(stm_mutation = "no_descriptor")]
-    return commit_without_descriptor(parts);
+    return commit_without_descriptor(counters, parts);
 
     #[allow(unreachable_code)]
     let owner = Owner::new(Kind::Commit, parts.len(), parts.map(entry));
     check_distinct(&owner);
     let pin = pin();
-    drive(&pin, owner.claimer(), 0);
+    drive(&pin, owner.claimer(), 0, counters);
     outcome(owner.txn())
 }
 
@@ -139,6 +150,7 @@ pub(crate) fn check_distinct<K, V>(owner: &Owner<K, V>) {
 /// The deliberate breakage `no_descriptor`: validate every key, then write each one.
 #[cfg(stm_mutation = "no_descriptor")]
 fn commit_without_descriptor<'a, 's: 'a, K: 's, V: Clone + 's>(
+    counters: &Counters,
     parts: impl ExactSizeIterator<Item = Part<'a, 's, K, V>>,
 ) -> Result<(), Error> {
     let parts: Vec<_> = parts.collect();
@@ -150,7 +162,7 @@ fn commit_without_descriptor<'a, 's: 'a, K: 's, V: Clone + 's>(
         return Err(Error::ConcurrentUpdate);
     }
     for part in parts.iter().filter(|p| p.write.is_some()) {
-        commit_one(part.slot, part.version, part.write.unwrap())?;
+        commit_one(counters, part.slot, part.version, part.write.unwrap())?;
     }
     Ok(())
 }
@@ -164,21 +176,26 @@ pub(crate) fn outcome<K, V>(txn: &Txn<K, V>) -> Result<(), Error> {
 }
 
 /// Helps `txn`, found undecided in slot `id`, to its decision.
-pub(crate) fn help<K, V>(pin: &Guard, txn: &Txn<K, V>, id: u64) {
+pub(crate) fn help<K, V>(pin: &Guard, txn: &Txn<K, V>, id: u64, counters: &Counters) {
     if let Some(hold) = txn.hold(pin) {
-        drive(pin, hold.claimer(), txn.position(id));
+        drive(pin, hold.claimer(), txn.position(id), counters);
     }
 }
 
 /// Drives `root` to its decision from its entry `start`, helping every transaction in its way
 /// (an explicit stack: along it, blocking slot ids strictly increase, so it is finite).
-pub(crate) fn drive<'g, K: 'g, V: 'g>(pin: &'g Guard, root: Claimer<'_, K, V>, start: usize) {
+pub(crate) fn drive<'g, K: 'g, V: 'g>(
+    pin: &'g Guard,
+    root: Claimer<'_, K, V>,
+    start: usize,
+    counters: &Counters,
+) {
     let mut root_at = start;
     let mut stack: Vec<(Hold<'g, K, V>, usize)> = Vec::new();
     loop {
         let blocked = match stack.last_mut() {
-            Some((hold, at)) => advance(pin, hold.claimer(), at),
-            None => advance(pin, root, &mut root_at),
+            Some((hold, at)) => advance(pin, hold.claimer(), at, counters),
+            None => advance(pin, root, &mut root_at, counters),
         };
         match blocked {
             Some((txn, id)) => {
@@ -198,6 +215,7 @@ fn advance<'g, K, V>(
     pin: &'g Guard,
     claimer: Claimer<'_, K, V>,
     at: &mut usize,
+    counters: &Counters,
 ) -> Option<(&'g Txn<K, V>, u64)> {
     let txn = claimer.txn();
     while let Some(entry) = txn.entries().get(*at) {
@@ -213,7 +231,9 @@ fn advance<'g, K, V>(
             break;
         }
     }
-    txn.decide(Status::Committed);
+    if txn.decide(Status::Committed) && claimer.helping() && txn.kind == Kind::Commit {
+        counters.add(Count::Helped);
+    }
     None
 }
 
@@ -276,6 +296,7 @@ pub(crate) struct Paused<K, V> {
 #[cfg(any(loom, feature = "test-hooks"))]
 impl<K, V> Paused<K, V> {
     pub(crate) fn new<'a, 's: 'a>(
+        shared: &Shared,
         parts: impl ExactSizeIterator<Item = Part<'a, 's, K, V>>,
         claims: usize,
     ) -> Self
@@ -291,7 +312,7 @@ impl<K, V> Paused<K, V> {
         while let Some(entry) = txn.entries().get(claimed).filter(|_| claimed < claims) {
             match claim(&pin, owner.claimer(), entry) {
                 Claimed::Done => claimed += 1,
-                Claimed::Blocked(other) => help(&pin, other, entry.id),
+                Claimed::Blocked(other) => help(&pin, other, entry.id, &shared.counters),
                 Claimed::Conflict => {
                     txn.decide(Status::Aborted);
                     break;
@@ -302,11 +323,18 @@ impl<K, V> Paused<K, V> {
         Self { owner }
     }
 
-    pub(crate) fn resume(self, waiters: &Waiters) -> Result<(), Error> {
+    pub(crate) fn resume(self, shared: &Shared) -> Result<(), Error> {
         let pin = pin();
-        drive(&pin, self.owner.claimer(), 0);
-        outcome(self.owner.txn())?;
-        waiters.committed();
-        Ok(())
+        drive(&pin, self.owner.claimer(), 0, &shared.counters);
+        let result = outcome(self.owner.txn());
+        if result.is_ok() {
+            shared.waiters.committed();
+        }
+        shared.count(if result.is_ok() {
+            Count::Commit
+        } else {
+            Count::Conflict
+        });
+        result
     }
 }

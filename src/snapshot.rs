@@ -9,6 +9,7 @@
 use crate::primitive::Guard;
 use crate::protocol::{drive, outcome};
 use crate::slot::{EntryInit, Kind, Owner, Record, Slot};
+use crate::stats::{Count, Counters};
 
 /// How many double collects to try before claiming (one under loom: models reach the claiming
 /// snapshot with a single concurrent commit, within a small preemption bound).
@@ -24,7 +25,11 @@ pub(crate) trait Read<'g, K, V> {
 }
 
 /// Reads every item's record (slots distinct, in id order) at one instant during this call.
-pub(crate) fn read_all<'g, K: 'g, V: 'g>(pin: &'g Guard, items: &mut [impl Read<'g, K, V>]) {
+pub(crate) fn read_all<'g, K: 'g, V: 'g>(
+    pin: &'g Guard,
+    items: &mut [impl Read<'g, K, V>],
+    counters: &Counters,
+) {
     if let [item] = items {
         return item.take(item.slot().load(pin).logical()); // one load is its own instant
     }
@@ -39,7 +44,8 @@ pub(crate) fn read_all<'g, K: 'g, V: 'g>(pin: &'g Guard, items: &mut [impl Read<
             return;
         }
     }
-    claim_all(pin, items)
+    counters.add(Count::SnapshotClaim);
+    claim_all(pin, items, counters)
 }
 
 pub(crate) fn version<V>(record: Option<&Record<V>>) -> u64 {
@@ -47,14 +53,18 @@ pub(crate) fn version<V>(record: Option<&Record<V>>) -> u64 {
 }
 
 /// The claiming snapshot: the records its claims froze, all at the instant it was decided.
-fn claim_all<'g, K: 'g, V: 'g>(pin: &'g Guard, items: &mut [impl Read<'g, K, V>]) {
+fn claim_all<'g, K: 'g, V: 'g>(
+    pin: &'g Guard,
+    items: &mut [impl Read<'g, K, V>],
+    counters: &Counters,
+) {
     let entries = items.iter().map(|item| EntryInit {
         slot: item.slot(),
         expect: 0,
         after: None,
     });
     let owner = Owner::new(Kind::Snapshot, items.len(), entries);
-    drive(pin, owner.claimer(), 0);
+    drive(pin, owner.claimer(), 0, counters);
     outcome(owner.txn()).expect("a snapshot accepts any version, so it always commits");
     for (item, entry) in items.iter_mut().zip(owner.txn().entries()) {
         item.take(

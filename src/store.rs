@@ -4,10 +4,11 @@ use std::hash::{BuildHasher, Hash};
 
 use crate::handle::{Collection, Value};
 use crate::primitive::{pin, Guard};
+use crate::shared::Shared;
 use crate::slot::{OnceBox, Record, Shelf, Slot, Table};
 use crate::snapshot::{self, version};
+use crate::stats::Stats;
 use crate::tx::{Transaction, Tx, TxError};
-use crate::wake::Waiters;
 use crate::{order, Error};
 
 /// The hasher a store uses unless told otherwise: fast, and seeded per process.
@@ -55,8 +56,8 @@ impl<'g, K, V> snapshot::Read<'g, K, V> for Found<'_, 'g, K, V> {
 /// # Ok::<(), stm_store::Error>(())
 /// ```
 pub struct Store<K, V, S = DefaultHasher> {
-    /// Transactions waiting in `retry`, woken by commits.
-    waiters: Waiters,
+    /// What handles and transactions reach besides the slots: waiters, counters.
+    shared: Shared,
     table: Table<K, V, S>,
     /// Each `dump` asks the threads that create keys for help here (see `dump_with_help`).
     dumps: Shelf<DumpRequest<K, V>>,
@@ -92,7 +93,7 @@ where
     /// ```
     pub fn with_hasher(hasher: S) -> Self {
         Self {
-            waiters: Waiters::new(),
+            shared: Shared::new(),
             table: Table::with_hasher(hasher),
             dumps: Shelf::new(),
         }
@@ -119,7 +120,7 @@ where
         let slot = self.slot(key);
         let pin = pin();
         let record = slot.load(&pin).logical();
-        Ok(Value::new(&self.waiters, slot, record))
+        Ok(Value::new(&self.shared, slot, record))
     }
 
     /// Reads several keys into a [`Collection`]: a consistent snapshot (every record was the
@@ -141,11 +142,11 @@ where
     pub fn using<I: IntoIterator<Item = K>>(&self, keys: I) -> Result<Collection<'_, K, V>, Error> {
         let mut values: Vec<_> = keys
             .into_iter()
-            .map(|key| Value::new(&self.waiters, self.slot(key), None))
+            .map(|key| Value::new(&self.shared, self.slot(key), None))
             .collect();
         values.sort_unstable_by_key(|value| value.slot_id());
         values.dedup_by_key(|value| value.slot_id());
-        snapshot::read_all(&pin(), &mut values);
+        snapshot::read_all(&pin(), &mut values, &self.shared.counters);
         Ok(Collection::new(values))
     }
 
@@ -227,6 +228,15 @@ where
         Transaction::new(self)
     }
 
+    /// What the store has counted since it was made: commits, conflicts, helping, snapshots
+    /// that fell back to claiming, transaction runs and waits (see [`Stats`]). Each thread
+    /// counts on its own cache line, and this call adds them up: counting costs the commit
+    /// path no shared write, and the sum is not a snapshot (counts taken while other threads
+    /// run need not agree with each other).
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.sum()
+    }
+
     /// Commits one handle: the same as [`Value::commit`].
     ///
     /// # Panics
@@ -234,7 +244,7 @@ where
     /// If `value` came from another store.
     #[track_caller]
     pub fn set(&self, value: &mut Value<'_, K, V>) -> Result<(), Error> {
-        self.check_origin(value.came_from(&self.waiters), "Store::set");
+        self.check_origin(value.came_from(&self.shared), "Store::set");
         value.commit()
     }
 
@@ -245,7 +255,7 @@ where
     /// If any handle in `values` came from another store.
     #[track_caller]
     pub fn set_values(&self, values: &mut Collection<'_, K, V>) -> Result<(), Error> {
-        self.check_origin(values.all_from(&self.waiters), "Store::set_values");
+        self.check_origin(values.all_from(&self.shared), "Store::set_values");
         values.commit()
     }
 
@@ -328,7 +338,7 @@ where
         let mut found: Vec<Found<K, V>> =
             self.table.slots().into_iter().map(|s| (s, None)).collect();
         found.sort_unstable_by_key(|(slot, _)| slot.id);
-        snapshot::read_all(&pin, &mut found);
+        snapshot::read_all(&pin, &mut found, &self.shared.counters);
         if self.table.created() != created && !cfg!(stm_mutation = "no_birth_check") {
             return None;
         }
@@ -434,8 +444,8 @@ where
         }
     }
 
-    pub(crate) fn waiters(&self) -> &Waiters {
-        &self.waiters
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     #[track_caller]

@@ -28,6 +28,7 @@ use crate::primitive::pin;
 use crate::protocol::{self, Part};
 use crate::slot::Slot;
 use crate::snapshot::version;
+use crate::stats::Count;
 use crate::wake::Watch;
 use crate::Store;
 
@@ -281,6 +282,7 @@ where
 
     /// Runs `f` as this attempt and commits what it did.
     fn run<T, E>(&mut self, f: &mut impl FnMut(&mut Self) -> Result<T, E>) -> Attempt<T, E> {
+        self.store.shared().count(Count::TxAttempt);
         let result = f(self);
         match (self.stop, result) {
             (Some(Stop::Retry), _) => Attempt::Retry,
@@ -299,11 +301,12 @@ where
             version: k.version,
             write: k.write.as_ref(),
         });
-        protocol::commit(self.store.waiters(), parts)
+        protocol::commit(self.store.shared(), parts)
     }
 
     /// Blocks until a key read has changed (true), or `deadline` passes (false).
     fn wait_for_change(&self, deadline: Option<Instant>) -> bool {
+        self.store.shared().count(Count::TxWait);
         while let Some(watch) = self.watch() {
             match deadline {
                 None => watch.wait(),
@@ -316,6 +319,7 @@ where
 
     /// Waits, without blocking the thread, until a key read has changed.
     async fn changed_async(&self) {
+        self.store.shared().count(Count::TxWait);
         while let Some(watch) = self.watch() {
             watch.notified().await;
         }
@@ -325,7 +329,7 @@ where
     /// for). The mutation `lost_wakeup` checks before registering, so that a commit landing in
     /// between is never noticed.
     fn watch(&self) -> Option<Watch<'s>> {
-        let waiters = self.store.waiters();
+        let waiters = &self.store.shared().waiters;
         if cfg!(stm_mutation = "lost_wakeup") {
             return self.unchanged().then(|| waiters.watch());
         }

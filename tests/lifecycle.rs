@@ -121,3 +121,78 @@ mod serde_snapshots {
         assert!(serde_json::from_str::<Store<String, u32>>(not_rows).is_err());
     }
 }
+
+mod statistics {
+    use std::sync::mpsc;
+    use stm_store::Store;
+
+    #[test]
+    fn commits_and_conflicts_are_counted_on_every_thread() {
+        let store: Store<u32, u64> = Store::new();
+        let (threads, each) = (4, 500);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let store = &store;
+                s.spawn(move || {
+                    for i in 0..each {
+                        // A key of its own: no conflicts.
+                        let mut v = store.usevar(t).unwrap();
+                        v.set(i);
+                        v.commit().unwrap();
+                    }
+                });
+            }
+        });
+        let mut stale = store.usevar(0).unwrap();
+        store.atomically(|tx| tx.set(&0, 7));
+        stale.set(1);
+        assert!(stale.commit().is_err());
+        let stats = store.stats();
+        assert_eq!(stats.commits, u64::from(threads * each as u32) + 1);
+        assert_eq!(stats.conflicts, 1);
+        assert_eq!(stats.tx_attempts, 1);
+        assert_eq!(stats.busy_retries, 0);
+    }
+
+    #[cfg(feature = "test-hooks")]
+    #[test]
+    fn a_commit_finished_by_another_thread_counts_as_helped() {
+        let store: Store<&str, i32> = Store::new();
+        let mut c = store.using(["a", "b"]).unwrap();
+        c["a"].set(1);
+        c["b"].set(2);
+        let paused = c.commit_paused(1); // "a" claimed, undecided
+        assert_eq!(store.stats().helped, 0);
+        let mut a = store.usevar("a").unwrap();
+        a.set(10);
+        // Blocked by the claim, this commit finishes the paused one first (then conflicts:
+        // "a" changed since it was read).
+        assert!(a.commit().is_err());
+        assert_eq!(store.stats().helped, 1);
+        paused.resume().unwrap();
+        assert_eq!(store.stats().helped, 1); // its owner only reports the outcome
+    }
+
+    #[test]
+    fn a_transaction_that_waits_counts_its_runs_and_its_wait() {
+        let store: Store<&str, i32> = Store::new();
+        let (ran, runs) = mpsc::channel();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                store.atomically(|tx| match tx.get(&"job")? {
+                    Some(job) => Ok(job),
+                    None => {
+                        ran.send(()).unwrap();
+                        tx.retry()
+                    }
+                })
+            });
+            runs.recv().unwrap(); // the first run read no job: it waits (or finds it at once)
+            store.atomically(|tx| tx.set(&"job", 5));
+            assert_eq!(waiter.join().unwrap(), 5);
+        });
+        let stats = store.stats();
+        assert_eq!(stats.tx_waits, 1);
+        assert_eq!(stats.tx_attempts, 3); // two runs of the waiter, one of the writer
+    }
+}

@@ -318,7 +318,10 @@ impl<K, V> Owner<K, V> {
     }
 
     pub(crate) fn claimer(&self) -> Claimer<'_, K, V> {
-        Claimer { txn: self.txn() }
+        Claimer {
+            txn: self.txn(),
+            helping: false,
+        }
     }
 }
 
@@ -347,7 +350,10 @@ pub(crate) struct Hold<'g, K, V> {
 
 impl<'g, K, V> Hold<'g, K, V> {
     pub(crate) fn claimer(&self) -> Claimer<'g, K, V> {
-        Claimer { txn: self.txn }
+        Claimer {
+            txn: self.txn,
+            helping: true,
+        }
     }
 }
 
@@ -360,6 +366,8 @@ impl<K, V> Drop for Hold<'_, K, V> {
 /// Proof that the caller holds a count on a transaction: needed to install its claims.
 pub(crate) struct Claimer<'a, K, V> {
     txn: &'a Txn<K, V>,
+    /// Whether the caller helps another thread's transaction (else it owns it).
+    helping: bool,
 }
 
 impl<K, V> Clone for Claimer<'_, K, V> {
@@ -372,5 +380,9 @@ impl<K, V> Copy for Claimer<'_, K, V> {}
 impl<'a, K, V> Claimer<'a, K, V> {
     pub(crate) fn txn(self) -> &'a Txn<K, V> {
         self.txn
+    }
+
+    pub(crate) fn helping(self) -> bool {
+        self.helping
     }
 }

@@ -1,0 +1,24 @@
+//! What every handle and transaction of a store reaches besides the slots: the waiters its
+//! commits wake, and the counters its calls add to. Its address also names the store: a handle
+//! commits only to the store it came from.
+
+use crate::stats::{Count, Counters};
+use crate::wake::Waiters;
+
+pub(crate) struct Shared {
+    pub(crate) waiters: Waiters,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            waiters: Waiters::new(),
+            counters: Counters::new(),
+        }
+    }
+
+    pub(crate) fn count(&self, count: Count) {
+        self.counters.add(count);
+    }
+}
