@@ -304,12 +304,15 @@ fn main() -> ExitCode {
 
     // Alternate the sides, so that a noisy moment of the machine hits both.
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut counted = Vec::new(); // each store's own statistics
     for i in 1..=config.runs {
         let progress = |side: &str| eprint!("run {i}/{}: {side} ...", config.runs);
         let done = |run: &Run| eprintln!(" {} commits/s", grouped(run.rate()));
 
         progress("stm-store");
-        ours.push(run(&funded_store(config.accounts), &config));
+        let store = funded_store(config.accounts);
+        ours.push(run(&store, &config));
+        counted.push(store.stats());
         done(&ours[i - 1]);
 
         progress("mutex");
@@ -318,6 +321,7 @@ fn main() -> ExitCode {
     }
 
     let (our_median, our_totals_right) = report("stm-store", &ours, &config);
+    report_stats(&counted);
     let (their_median, their_totals_right) = report("mutex", &theirs, &config);
     let pair_ratios = ours.iter().zip(&theirs).map(|(s, m)| s.rate() / m.rate());
     let (_, low, high) = spread(pair_ratios.collect());
@@ -333,6 +337,21 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Prints what the stores counted themselves (`Store::stats`), summed over the runs.
+fn report_stats(counted: &[stm_store::Stats]) {
+    let sum = |field: fn(&stm_store::Stats) -> u64| grouped(counted.iter().map(field).sum::<u64>());
+    println!(
+        "{:>9}  Store::stats: {} commits, {} conflicts, {} BusyRetry, {} helped to completion, \
+         {} snapshots that claimed their keys",
+        "",
+        sum(|s| s.commits),
+        sum(|s| s.conflicts),
+        sum(|s| s.busy_retries),
+        sum(|s| s.helped),
+        sum(|s| s.snapshot_claims),
+    );
 }
 
 /// Prints one side's throughput, failed commits and audits. Returns its median commits per
