@@ -71,7 +71,7 @@ fn parse() -> Result<Args, String> {
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
     }
-    if args.accounts < 2 || args.processes == 0 || !(args.seconds > 0.0) {
+    if args.accounts < 2 || args.processes == 0 || args.seconds.is_nan() || args.seconds <= 0.0 {
         return Err(format!(
             "need at least 2 accounts, 1 process and some seconds\n{USAGE}"
         ));

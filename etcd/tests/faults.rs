@@ -16,11 +16,12 @@ use stm_store::Error::BusyRetry;
 use stm_store_etcd::blocking::EtcdStore;
 use stm_store_etcd::{Error, Options};
 
-/// Short budgets, so that a stopped etcd is answered for quickly.
+/// Short budgets, so that a stopped etcd is answered for quickly (but not so short that a
+/// loaded machine's fsync looks like a fault).
 fn short() -> Options {
     Options {
-        request_timeout: Duration::from_millis(400),
-        budget: Duration::from_millis(1200),
+        request_timeout: Duration::from_millis(1000),
+        budget: Duration::from_millis(2500),
         ..Options::default()
     }
 }
