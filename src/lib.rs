@@ -78,6 +78,7 @@ mod snapshot;
 mod stats;
 mod store;
 mod tx;
+mod view;
 mod wake;
 
 pub use error::Error;
@@ -87,6 +88,7 @@ pub use handle::{Collection, Value};
 pub use stats::Stats;
 pub use store::{DefaultHasher, Store};
 pub use tx::{Backoff, Transaction, Tx, TxError};
+pub use view::Snapshot;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,6 +1,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
+use std::ops::RangeBounds;
 
 use crate::handle::{Collection, Value};
 use crate::primitive::{pin, Guard};
@@ -9,6 +10,7 @@ use crate::slot::{OnceBox, Record, Shelf, Slot, Table};
 use crate::snapshot::{self, version};
 use crate::stats::Stats;
 use crate::tx::{Transaction, Tx, TxError};
+use crate::view::Snapshot;
 use crate::{order, Error};
 
 /// The hasher a store uses unless told otherwise: fast, and seeded per process.
@@ -18,7 +20,7 @@ pub type DefaultHasher = foldhash::fast::RandomState;
 type Row<K, V> = (K, u64, Option<V>);
 
 /// A slot and the record `dump` read there.
-type Found<'s, 'g, K, V> = (&'s Slot<K, V>, Option<&'g Record<V>>);
+pub(crate) type Found<'s, 'g, K, V> = (&'s Slot<K, V>, Option<&'g Record<V>>);
 
 impl<'g, K, V> snapshot::Read<'g, K, V> for Found<'_, 'g, K, V> {
     fn slot(&self) -> &Slot<K, V> {
@@ -333,24 +335,77 @@ where
     /// created is read before listing the index and again after reading the records: unchanged,
     /// the listing held exactly the keys that existed while the records were read.
     fn try_dump(&self) -> Option<Vec<Row<K, V>>> {
-        let created = self.table.created();
         let pin = pin();
-        let mut found: Vec<Found<K, V>> =
-            self.table.slots().into_iter().map(|s| (s, None)).collect();
+        let found = self.try_read(&pin, &(..))?;
+        let rows = found.into_iter().map(|(slot, record)| {
+            let value = record.and_then(|record| record.value.clone());
+            (slot.key.clone(), version(record), value)
+        });
+        Some(rows.collect())
+    }
+
+    /// The records of the keys in `range` at one instant, in key order, unless a key was
+    /// created while they were read (see [`try_dump`](Store::try_dump)).
+    fn try_read<'s, 'g>(
+        &'s self,
+        pin: &'g Guard,
+        range: &impl RangeBounds<K>,
+    ) -> Option<Vec<Found<'s, 'g, K, V>>> {
+        let created = self.table.created();
+        let slots = self.table.slots().into_iter();
+        let mut found: Vec<Found<K, V>> = slots
+            .filter(|slot| range.contains(&slot.key))
+            .map(|slot| (slot, None))
+            .collect();
         found.sort_unstable_by_key(|(slot, _)| slot.id);
-        snapshot::read_all(&pin, &mut found, &self.shared.counters);
+        snapshot::read_all(pin, &mut found, &self.shared.counters);
         if self.table.created() != created && !cfg!(stm_mutation = "no_birth_check") {
             return None;
         }
-        let mut rows: Vec<_> = found
-            .into_iter()
-            .map(|(slot, record)| {
-                let value = record.and_then(|record| record.value.clone());
-                (slot.key.clone(), version(record), value)
-            })
-            .collect();
-        order::sort_by(&mut rows, |a, b| a.0.cmp(&b.0));
-        Some(rows)
+        order::sort_by(&mut found, |a, b| a.0.key.cmp(&b.0.key));
+        Some(found)
+    }
+
+    /// Calls `f` with a consistent snapshot of the whole store: every key with its version and
+    /// value, as they all were at one instant, in key order. Unlike [`dump`](Store::dump), it
+    /// borrows the values instead of cloning them (replaced values are not freed until `f`
+    /// returns, so keep `f` short). Threads that keep creating keys cannot starve it: then it
+    /// takes its snapshot as `dump` does, with their help (and copies the values).
+    ///
+    /// ```
+    /// let store: stm_store::Store<&str, String> =
+    ///     [("b", "two".to_string()), ("a", "one".to_string())].into_iter().collect();
+    /// let longest = store.snapshot(|snapshot| {
+    ///     snapshot.iter().filter_map(|(_, _, value)| value).map(String::len).max()
+    /// });
+    /// assert_eq!(longest, Some(3));
+    /// ```
+    pub fn snapshot<R>(&self, f: impl FnOnce(&Snapshot<'_, K, V>) -> R) -> R {
+        self.snapshot_range(.., f)
+    }
+
+    /// [`snapshot`](Store::snapshot) of the keys in `range` only, in key order: exactly the
+    /// keys in the range that existed at its instant.
+    ///
+    /// ```
+    /// let store: stm_store::Store<u32, u32> = (0..10).map(|k| (k, k * k)).collect();
+    /// let squares: Vec<u32> = store.snapshot_range(3..6, |snapshot| {
+    ///     snapshot.iter().map(|(_, _, square)| *square.unwrap()).collect()
+    /// });
+    /// assert_eq!(squares, [9, 16, 25]);
+    /// ```
+    pub fn snapshot_range<R>(
+        &self,
+        range: impl RangeBounds<K>,
+        f: impl FnOnce(&Snapshot<'_, K, V>) -> R,
+    ) -> R {
+        let pin = pin();
+        if let Some(found) = self.try_read(&pin, &range) {
+            return f(&Snapshot::read(found));
+        }
+        let rows = self.dump_with_help().into_iter();
+        let in_range = rows.filter(|(key, _, _)| range.contains(key)).collect();
+        f(&Snapshot::copied(in_range))
     }
 
     /// Publishes a request that every key creator serves before creating its key: it tries

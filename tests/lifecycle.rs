@@ -1,5 +1,5 @@
-//! Issue #11, what exists so far: reads that do not create keys, the store's size, and the
-//! collection idioms.
+//! Issue #11, what exists so far: reads that do not create keys, the store's size, the
+//! collection idioms, building and saving stores, statistics, and snapshots to iterate.
 
 use stm_store::Store;
 
@@ -194,5 +194,85 @@ mod statistics {
         let stats = store.stats();
         assert_eq!(stats.tx_waits, 1);
         assert_eq!(stats.tx_attempts, 3); // two runs of the waiter, one of the writer
+    }
+}
+
+mod snapshots {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use stm_store::Store;
+
+    #[test]
+    fn a_snapshot_lists_keys_in_order_and_a_range_only_its_keys() {
+        let store: Store<u32, u32> = [5, 1, 9, 3, 7].into_iter().map(|k| (k, k * 10)).collect();
+        store.usevar(4).unwrap(); // exists, no value
+        let all: Vec<(u32, u64, Option<u32>)> =
+            store.snapshot(|s| s.iter().map(|(k, v, x)| (*k, v, x.copied())).collect());
+        assert_eq!(all, store.dump());
+        let keys: Vec<u32> =
+            store.snapshot_range(3..=7, |s| s.iter().map(|(k, _, _)| *k).collect());
+        assert_eq!(keys, [3, 4, 5, 7]);
+        let (len, empty) = store.snapshot_range(10.., |s| (s.len(), s.is_empty()));
+        assert_eq!((len, empty), (0, true));
+    }
+
+    #[test]
+    fn every_snapshot_conserves_the_total_while_transfers_run() {
+        const ACCOUNTS: u32 = 8;
+        let store: Store<u32, i64> = (0..ACCOUNTS).map(|k| (k, 100)).collect();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..2u32 {
+                let (store, stop) = (&store, &stop);
+                s.spawn(move || {
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (from, to) = (i % ACCOUNTS, (i * 7 + 3) % ACCOUNTS);
+                        i = i.wrapping_add(1);
+                        store.atomically(|tx| {
+                            let (a, b) = (tx.get(&from)?.unwrap(), tx.get(&to)?.unwrap());
+                            tx.set(&from, a - 1)?;
+                            tx.set(&to, b + 1)
+                        });
+                    }
+                });
+            }
+            for _ in 0..300 {
+                let total: i64 = store.snapshot(|s| s.iter().map(|(_, _, v)| *v.unwrap()).sum());
+                assert_eq!(total, 100 * i64::from(ACCOUNTS));
+                let keys: Vec<u32> =
+                    store.snapshot_range(2..4, |s| s.iter().map(|(k, _, _)| *k).collect());
+                assert_eq!(keys, [2, 3]);
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+
+    #[test]
+    fn snapshots_complete_while_keys_are_created() {
+        let store: Store<u64, u64> = Store::new();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut key = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut v = store.usevar(key).unwrap();
+                    v.set(key);
+                    v.commit().unwrap();
+                    key += 1;
+                }
+            });
+            let mut seen = 0;
+            for _ in 0..20 {
+                let keys: Vec<u64> = store.snapshot(|s| s.iter().map(|(k, _, _)| *k).collect());
+                // Keys are created in order and never removed: a snapshot holds a prefix.
+                assert!(
+                    keys.iter().copied().eq(0..keys.len() as u64),
+                    "not a prefix"
+                );
+                assert!(keys.len() >= seen);
+                seen = keys.len();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
     }
 }
