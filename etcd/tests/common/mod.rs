@@ -96,6 +96,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// One private etcd starts at a time in this process (ports picked, etcd up), so that two
+/// cannot be handed the same free port.
+fn starting() -> std::sync::MutexGuard<'static, ()> {
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    STARTING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A private etcd for one test: its own ports and data directory, killed on drop.
 pub struct EtcdServer {
     pub endpoint: String,
@@ -106,6 +113,7 @@ pub struct EtcdServer {
 
 impl EtcdServer {
     pub fn start(name: &str) -> Self {
+        let _one = starting();
         let dir = std::env::temp_dir().join(format!(
             "stm-etcd-{name}-{}-{}",
             std::process::id(),
@@ -151,6 +159,13 @@ impl EtcdServer {
             .expect("start etcd (is etcd-server installed?)");
         self.child = Some(child);
         self.wait_ready();
+        let status = self.child.as_mut().unwrap().try_wait().unwrap();
+        assert!(
+            status.is_none(),
+            "etcd at {} exited ({status:?}): is the port taken? its log: {}",
+            self.endpoint,
+            self.dir.join("etcd.log").display()
+        );
     }
 
     /// Polls until etcd answers; panics after 60 s (a liveness bound, not a timing check).
@@ -187,9 +202,27 @@ impl EtcdServer {
         assert!(status.success(), "kill -{signal} etcd");
     }
 
-    /// SIGSTOP: etcd keeps its sockets but answers nothing.
+    /// SIGSTOP: etcd keeps its sockets but answers nothing. Returns once the kernel shows the
+    /// process stopped.
     pub fn pause(&self) {
         self.signal("STOP");
+        let stat = format!("/proc/{}/stat", self.pid());
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the command name in parentheses.
+            let state = text
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if state == Some('T') {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "etcd did not stop: {text}"
+            );
+            std::thread::yield_now();
+        }
     }
 
     pub fn resume(&self) {
@@ -198,6 +231,7 @@ impl EtcdServer {
 
     /// SIGKILL, then a new etcd on the same data directory and ports.
     pub fn kill_and_restart(&mut self) {
+        let _one = starting();
         self.kill();
         self.spawn();
     }
