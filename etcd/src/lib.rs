@@ -80,3 +80,8 @@ pub use codec::{KeyCodec, KeyCodecError};
 pub use error::Error;
 pub use handle::{Collection, Value};
 pub use store::{EtcdStore, Options};
+
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[doc(hidden)]
+pub struct ReadmeDoctests;
