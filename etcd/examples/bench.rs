@@ -36,21 +36,30 @@ struct Outcome {
     rmw_latency: Histogram<u64>,
 }
 
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("histogram")
+}
+
 async fn client(
     endpoints: Arc<Vec<String>>,
     prefix: String,
     id: usize,
     workload: Workload,
-    until: Instant,
+    start: Arc<tokio::sync::Barrier>,
+    seconds: f64,
 ) -> Result<Outcome, Error> {
     let store = EtcdStore::<String, i64>::connect(endpoints.as_slice(), prefix).await?;
     let mut outcome = Outcome {
         commits: 0,
         conflicts: 0,
         busy: 0,
-        commit_latency: Histogram::new(3).expect("histogram"),
-        rmw_latency: Histogram::new(3).expect("histogram"),
+        commit_latency: histogram(),
+        rmw_latency: histogram(),
     };
+    // Everyone connected: measure from here.
+    start.wait().await;
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
     let mut n = id as u64;
     while Instant::now() < until {
         let started = Instant::now();
@@ -82,12 +91,12 @@ async fn client(
             Ok(()) => {
                 outcome.commits += 1;
                 let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-                outcome
-                    .commit_latency
-                    .saturating_record(micros(done - commit_started));
+                let commit = micros(done - commit_started);
+                outcome.commit_latency.record(commit).expect("in bounds");
                 outcome
                     .rmw_latency
-                    .saturating_record(micros(done - started));
+                    .record(micros(done - started))
+                    .expect("in bounds");
             }
             Err(e) if e == stm_store::Error::ConcurrentUpdate => outcome.conflicts += 1,
             Err(e) if e == stm_store::Error::BusyRetry => outcome.busy += 1,
@@ -140,30 +149,25 @@ fn main() {
     for workload in [Workload::OwnKey, Workload::Transfer] {
         for &count in &clients {
             let prefix = format!("bench/{run}/{count}/");
-            let until =
-                Instant::now() + Duration::from_secs_f64(seconds) + Duration::from_millis(300);
-            let started = Instant::now();
-            let outcomes: Vec<Outcome> = runtime.block_on(async {
+            let start = Arc::new(tokio::sync::Barrier::new(count + 1));
+            let (outcomes, elapsed): (Vec<Outcome>, f64) = runtime.block_on(async {
                 let tasks: Vec<_> = (0..count)
                     .map(|id| {
-                        tokio::spawn(client(
-                            endpoints.clone(),
-                            prefix.clone(),
-                            id,
-                            workload,
-                            until,
-                        ))
+                        let start = start.clone();
+                        let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
+                        tokio::spawn(client(endpoints, prefix, id, workload, start, seconds))
                     })
                     .collect();
+                start.wait().await;
+                let started = Instant::now();
                 let mut outcomes = Vec::new();
                 for task in tasks {
                     outcomes.push(task.await.expect("client task").expect("client"));
                 }
-                outcomes
+                (outcomes, started.elapsed().as_secs_f64())
             });
-            let elapsed = started.elapsed().as_secs_f64();
-            let mut commit = Histogram::<u64>::new(3).expect("histogram");
-            let mut rmw = Histogram::<u64>::new(3).expect("histogram");
+            let mut commit = histogram();
+            let mut rmw = histogram();
             let (mut commits, mut conflicts, mut busy) = (0, 0, 0);
             for o in &outcomes {
                 commits += o.commits;
