@@ -19,6 +19,7 @@
 #   no_opacity            a transaction's new read does not check its earlier reads
 #   lost_wakeup           a transaction in `retry` checks its reads before registering as a
 #                         waiter, not after
+#   helper_silent         a thread that decides another thread's commit wakes no waiter
 # The check-cfg list also names overwrite_undecided_claim, no_status_check and
 # late_claim_stays, which the core does not implement (the slot module refuses to replace an
 # undecided claim, and a late claim left in its slot would be a use-after-free loom cannot
@@ -47,6 +48,7 @@ implemented=(
     no_birth_check
     no_opacity
     lost_wakeup
+    helper_silent
 )
 # Mutations that no loom model can catch, and why (see the model docs).
 known_survivors=(no_birth_check)

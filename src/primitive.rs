@@ -14,6 +14,12 @@ pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ord
 
 pub(crate) use crossbeam_epoch::{pin, Guard};
 
+/// Thread-locals that each loom thread has its own of (loom runs its threads on one OS thread).
+#[cfg(loom)]
+pub(crate) use loom::thread_local;
+#[cfg(not(loom))]
+pub(crate) use std::thread_local;
+
 /// Hands out distinct numbers (slot and store ids). It stays `std` under loom: it is touched
 /// only when a key or store is created, and the models need not interleave it.
 pub(crate) struct IdCounter(std::sync::atomic::AtomicU64);

@@ -23,7 +23,7 @@
 use crate::primitive::{pin, Guard};
 use crate::shared::Shared;
 use crate::slot::{Claimer, Entry, EntryInit, Hold, Kind, Owner, Record, Slot, Status, Txn};
-use crate::stats::{Count, Counters};
+use crate::stats::Count;
 use crate::Error;
 
 /// A handle's part in a commit: its slot, the version it read, and what it writes.
@@ -56,13 +56,10 @@ pub(crate) fn commit<'a, 's: 'a, K: 's, V: Clone + 's>(
         (1, 1) => {
             let part = parts.clone().next().expect("one part");
             let write = part.write.expect("one write");
-            commit_one(&shared.counters, part.slot, part.version, write)
+            commit_one(shared, part.slot, part.version, write)
         }
-        _ => commit_many(&shared.counters, parts),
+        _ => commit_many(shared, parts), // whoever decides it wakes the waiters
     };
-    if result.is_ok() && writes > 0 {
-        shared.waiters.committed();
-    }
     shared.count(if result.is_ok() {
         Count::Commit
     } else {
@@ -85,7 +82,7 @@ fn validate<'a, 's: 'a, K: 's, V: 's>(
 
 /// The fast path: one key written, nothing else read, no descriptor.
 fn commit_one<K, V: Clone>(
-    counters: &Counters,
+    shared: &Shared,
     slot: &Slot<K, V>,
     version: u64,
     value: &Option<V>,
@@ -98,31 +95,34 @@ fn commit_one<K, V: Clone>(
     loop {
         let current = slot.load(&pin);
         if let Some(blocker) = current.blocker() {
-            help(&pin, blocker, slot.id, counters);
+            help(&pin, blocker, slot.id, shared);
             continue;
         }
         if current.version() != version {
             return Err(Error::ConcurrentUpdate);
         }
         match slot.replace(&pin, current, record) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                shared.waiters.committed();
+                return Ok(());
+            }
             Err(back) => record = back,
         }
     }
 }
 
 fn commit_many<'a, 's: 'a, K: 's, V: Clone + 's>(
-    counters: &Counters,
+    shared: &Shared,
     parts: impl ExactSizeIterator<Item = Part<'a, 's, K, V>>,
 ) -> Result<(), Error> {
     #[cfg(stm_mutation = "no_descriptor")]
-    return commit_without_descriptor(counters, parts);
+    return commit_without_descriptor(shared, parts);
 
     #[allow(unreachable_code)]
     let owner = Owner::new(Kind::Commit, parts.len(), parts.map(entry));
     check_distinct(&owner);
     let pin = pin();
-    drive(&pin, owner.claimer(), 0, counters);
+    drive(&pin, owner.claimer(), 0, shared);
     outcome(owner.txn())
 }
 
@@ -150,7 +150,7 @@ pub(crate) fn check_distinct<K, V>(owner: &Owner<K, V>) {
 /// The deliberate breakage `no_descriptor`: validate every key, then write each one.
 #[cfg(stm_mutation = "no_descriptor")]
 fn commit_without_descriptor<'a, 's: 'a, K: 's, V: Clone + 's>(
-    counters: &Counters,
+    shared: &Shared,
     parts: impl ExactSizeIterator<Item = Part<'a, 's, K, V>>,
 ) -> Result<(), Error> {
     let parts: Vec<_> = parts.collect();
@@ -162,7 +162,7 @@ fn commit_without_descriptor<'a, 's: 'a, K: 's, V: Clone + 's>(
         return Err(Error::ConcurrentUpdate);
     }
     for part in parts.iter().filter(|p| p.write.is_some()) {
-        commit_one(counters, part.slot, part.version, part.write.unwrap())?;
+        commit_one(shared, part.slot, part.version, part.write.unwrap())?;
     }
     Ok(())
 }
@@ -176,9 +176,9 @@ pub(crate) fn outcome<K, V>(txn: &Txn<K, V>) -> Result<(), Error> {
 }
 
 /// Helps `txn`, found undecided in slot `id`, to its decision.
-pub(crate) fn help<K, V>(pin: &Guard, txn: &Txn<K, V>, id: u64, counters: &Counters) {
+pub(crate) fn help<K, V>(pin: &Guard, txn: &Txn<K, V>, id: u64, shared: &Shared) {
     if let Some(hold) = txn.hold(pin) {
-        drive(pin, hold.claimer(), txn.position(id), counters);
+        drive(pin, hold.claimer(), txn.position(id), shared);
     }
 }
 
@@ -188,14 +188,14 @@ pub(crate) fn drive<'g, K: 'g, V: 'g>(
     pin: &'g Guard,
     root: Claimer<'_, K, V>,
     start: usize,
-    counters: &Counters,
+    shared: &Shared,
 ) {
     let mut root_at = start;
     let mut stack: Vec<(Hold<'g, K, V>, usize)> = Vec::new();
     loop {
         let blocked = match stack.last_mut() {
-            Some((hold, at)) => advance(pin, hold.claimer(), at, counters),
-            None => advance(pin, root, &mut root_at, counters),
+            Some((hold, at)) => advance(pin, hold.claimer(), at, shared),
+            None => advance(pin, root, &mut root_at, shared),
         };
         match blocked {
             Some((txn, id)) => {
@@ -215,7 +215,7 @@ fn advance<'g, K, V>(
     pin: &'g Guard,
     claimer: Claimer<'_, K, V>,
     at: &mut usize,
-    counters: &Counters,
+    shared: &Shared,
 ) -> Option<(&'g Txn<K, V>, u64)> {
     let txn = claimer.txn();
     while let Some(entry) = txn.entries().get(*at) {
@@ -231,8 +231,14 @@ fn advance<'g, K, V>(
             break;
         }
     }
-    if txn.decide(Status::Committed) && claimer.helping() && txn.kind == Kind::Commit {
-        counters.add(Count::Helped);
+    if txn.decide(Status::Committed) && txn.kind == Kind::Commit {
+        // Whoever decides wakes the waiters: the owner may be stopped before its decision.
+        if !(claimer.helping() && cfg!(stm_mutation = "helper_silent")) {
+            shared.waiters.committed();
+        }
+        if claimer.helping() {
+            shared.count(Count::Helped);
+        }
     }
     None
 }
@@ -312,7 +318,7 @@ impl<K, V> Paused<K, V> {
         while let Some(entry) = txn.entries().get(claimed).filter(|_| claimed < claims) {
             match claim(&pin, owner.claimer(), entry) {
                 Claimed::Done => claimed += 1,
-                Claimed::Blocked(other) => help(&pin, other, entry.id, &shared.counters),
+                Claimed::Blocked(other) => help(&pin, other, entry.id, shared),
                 Claimed::Conflict => {
                     txn.decide(Status::Aborted);
                     break;
@@ -325,11 +331,8 @@ impl<K, V> Paused<K, V> {
 
     pub(crate) fn resume(self, shared: &Shared) -> Result<(), Error> {
         let pin = pin();
-        drive(&pin, self.owner.claimer(), 0, &shared.counters);
+        drive(&pin, self.owner.claimer(), 0, shared);
         let result = outcome(self.owner.txn());
-        if result.is_ok() {
-            shared.waiters.committed();
-        }
         shared.count(if result.is_ok() {
             Count::Commit
         } else {

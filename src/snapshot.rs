@@ -8,8 +8,9 @@
 
 use crate::primitive::Guard;
 use crate::protocol::{drive, outcome};
+use crate::shared::Shared;
 use crate::slot::{EntryInit, Kind, Owner, Record, Slot};
-use crate::stats::{Count, Counters};
+use crate::stats::Count;
 
 /// How many double collects to try before claiming (one under loom: models reach the claiming
 /// snapshot with a single concurrent commit, within a small preemption bound).
@@ -28,7 +29,7 @@ pub(crate) trait Read<'g, K, V> {
 pub(crate) fn read_all<'g, K: 'g, V: 'g>(
     pin: &'g Guard,
     items: &mut [impl Read<'g, K, V>],
-    counters: &Counters,
+    shared: &Shared,
 ) {
     if let [item] = items {
         return item.take(item.slot().load(pin).logical()); // one load is its own instant
@@ -44,8 +45,8 @@ pub(crate) fn read_all<'g, K: 'g, V: 'g>(
             return;
         }
     }
-    counters.add(Count::SnapshotClaim);
-    claim_all(pin, items, counters)
+    shared.count(Count::SnapshotClaim);
+    claim_all(pin, items, shared)
 }
 
 pub(crate) fn version<V>(record: Option<&Record<V>>) -> u64 {
@@ -53,18 +54,14 @@ pub(crate) fn version<V>(record: Option<&Record<V>>) -> u64 {
 }
 
 /// The claiming snapshot: the records its claims froze, all at the instant it was decided.
-fn claim_all<'g, K: 'g, V: 'g>(
-    pin: &'g Guard,
-    items: &mut [impl Read<'g, K, V>],
-    counters: &Counters,
-) {
+fn claim_all<'g, K: 'g, V: 'g>(pin: &'g Guard, items: &mut [impl Read<'g, K, V>], shared: &Shared) {
     let entries = items.iter().map(|item| EntryInit {
         slot: item.slot(),
         expect: 0,
         after: None,
     });
     let owner = Owner::new(Kind::Snapshot, items.len(), entries);
-    drive(pin, owner.claimer(), 0, counters);
+    drive(pin, owner.claimer(), 0, shared);
     outcome(owner.txn()).expect("a snapshot accepts any version, so it always commits");
     for (item, entry) in items.iter_mut().zip(owner.txn().entries()) {
         item.take(

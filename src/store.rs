@@ -148,7 +148,7 @@ where
             .collect();
         values.sort_unstable_by_key(|value| value.slot_id());
         values.dedup_by_key(|value| value.slot_id());
-        snapshot::read_all(&pin(), &mut values, &self.shared.counters);
+        snapshot::read_all(&pin(), &mut values, &self.shared);
         Ok(Collection::new(values))
     }
 
@@ -183,8 +183,10 @@ where
     ///
     /// # Panics
     ///
-    /// If the closure returns a [`TxError`] that its own attempt did not raise (one kept from
-    /// an earlier attempt). A panic in the closure goes on to the caller; nothing is written.
+    /// If called inside a transaction's closure on the same store (use that closure's [`Tx`]),
+    /// or if the closure returns a [`TxError`] that its own attempt did not raise (one kept
+    /// from an earlier attempt). A panic in the closure goes on to the caller; nothing is
+    /// written.
     #[track_caller]
     pub fn atomically<T>(&self, f: impl FnMut(&mut Tx<'_, K, V, S>) -> Result<T, TxError>) -> T {
         match self.transaction().run(f) {
@@ -218,6 +220,7 @@ where
     /// # Errors
     ///
     /// The closure's own error.
+    #[track_caller]
     pub fn try_atomically<T, E: From<TxError>>(
         &self,
         f: impl FnMut(&mut Tx<'_, K, V, S>) -> Result<T, E>,
@@ -358,7 +361,7 @@ where
             .map(|slot| (slot, None))
             .collect();
         found.sort_unstable_by_key(|(slot, _)| slot.id);
-        snapshot::read_all(pin, &mut found, &self.shared.counters);
+        snapshot::read_all(pin, &mut found, &self.shared);
         if self.table.created() != created && !cfg!(stm_mutation = "no_birth_check") {
             return None;
         }

@@ -34,8 +34,9 @@ use crate::Store;
 
 /// Why a transaction's attempt stopped, or why its call gave up: what [`Tx`]'s reads and
 /// writes return when the closure must not go on. Pass it up with `?`; the transaction then runs
-/// the closure again, or waits (after [`Tx::retry`]). Only a timeout ever comes out of the
-/// call ([`Transaction::timeout`]): see [`is_timeout`](TxError::is_timeout).
+/// the closure again, or waits (after [`Tx::retry`]). The call itself returns one only on a
+/// timeout ([`Transaction::timeout`], see [`is_timeout`](TxError::is_timeout)), or if the
+/// closure kept one from an earlier run and returned it as its own error (don't).
 ///
 /// A closure with its own error type `E` needs `E: From<TxError>` (so that `?` works on both);
 /// `Box<dyn Error + Send + Sync>` and `anyhow::Error` already are.
@@ -130,7 +131,7 @@ where
     }
 
     /// Whether `key` has a value (as written by this transaction or else as read): false for a
-    /// key never written, or cleared. Copies no value.
+    /// key never written, or cleared.
     ///
     /// # Errors
     ///
@@ -206,14 +207,21 @@ where
     /// assert_eq!(took, "spare");
     /// ```
     ///
+    /// Only a retry of `first` runs `second`: any other `Err` of `first` comes back as it is,
+    /// with `first`'s writes kept (pass it up, and the transaction writes nothing).
+    ///
     /// # Errors
     ///
-    /// What the branch that ran last returns.
-    pub fn or_else<T, E>(
+    /// What the branch that ran last returns; or, if this run was already stopped (a
+    /// [`TxError`] the closure did not pass up), that stop, without running either branch.
+    pub fn or_else<T, E: From<TxError>>(
         &mut self,
         first: impl FnOnce(&mut Self) -> Result<T, E>,
         second: impl FnOnce(&mut Self) -> Result<T, E>,
     ) -> Result<T, E> {
+        if let Some(stop) = self.stop {
+            return Err(TxError(stop).into());
+        }
         let mark = self.undo.len();
         self.branches += 1;
         let result = first(self);
@@ -229,7 +237,8 @@ where
         second(self)
     }
 
-    /// Which attempt this is: 1 the first time the closure runs, then 2, 3, ...
+    /// Which attempt this is: 1 the first time the closure runs, then 2, 3, ... (it stays at
+    /// `u32::MAX` from there).
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
@@ -267,9 +276,10 @@ where
         Ok(self.keys.len() - 1)
     }
 
+    /// Stops this run (a stop already raised stays: a swallowed conflict is not turned into a
+    /// retry).
     fn stopped<T>(&mut self, stop: Stop) -> Result<T, TxError> {
-        self.stop = Some(stop);
-        Err(TxError(stop))
+        Err(TxError(*self.stop.get_or_insert(stop)))
     }
 
     /// Whether every key read still has the version read.
@@ -283,7 +293,9 @@ where
     /// Runs `f` as this attempt and commits what it did.
     fn run<T, E>(&mut self, f: &mut impl FnMut(&mut Self) -> Result<T, E>) -> Attempt<T, E> {
         self.store.shared().count(Count::TxAttempt);
+        let running = Nesting::enter(self.store);
         let result = f(self);
+        drop(running);
         match (self.stop, result) {
             (Some(Stop::Retry), _) => Attempt::Retry,
             (Some(_), _) => Attempt::Conflict,
@@ -454,9 +466,16 @@ where
         }
     }
 
-    /// Gives up after `timeout`, from now: see [`deadline`](Transaction::deadline).
+    /// Gives up after `timeout`, from now: see [`deadline`](Transaction::deadline). A timeout
+    /// too long for the clock (`Duration::MAX`) means no deadline.
     pub fn timeout(self, timeout: Duration) -> Self {
-        self.deadline(Instant::now() + timeout)
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.deadline(deadline),
+            None => Self {
+                deadline: None,
+                ..self
+            },
+        }
     }
 
     /// Runs `f` as one transaction, as often as it takes, and returns its result: see
@@ -466,12 +485,19 @@ where
     ///
     /// The closure's own error (nothing written), or a timeout (`E::from` a [`TxError`] that
     /// [`is_timeout`](TxError::is_timeout)).
+    ///
+    /// # Panics
+    ///
+    /// If called from inside a transaction's closure on the same store (the outer transaction
+    /// would run again for ever): use the outer closure's [`Tx`].
+    #[track_caller]
     pub fn run<T, E: From<TxError>>(
         self,
         mut f: impl FnMut(&mut Tx<'s, K, V, S>) -> Result<T, E>,
     ) -> Result<T, E> {
+        Nesting::refuse(self.store);
         let mut backing = Backing::new(self.backoff);
-        for attempt in 1.. {
+        for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
             let waited = match tx.run(&mut f) {
                 Attempt::Done(result) => return result,
@@ -487,7 +513,7 @@ where
                 return Err(TxError(Stop::Timeout).into());
             }
         }
-        unreachable!("attempts are counted in a u32")
+        unreachable!("attempts never end")
     }
 
     /// [`run`](Transaction::run) as a future: [`Tx::retry`] waits for a change without
@@ -502,8 +528,9 @@ where
     ///
     /// # Panics
     ///
-    /// If a [`deadline`](Transaction::deadline) or [`timeout`](Transaction::timeout) was set:
-    /// a future cannot wake itself at a deadline without a runtime's timer.
+    /// When first polled, if a [`deadline`](Transaction::deadline) or
+    /// [`timeout`](Transaction::timeout) was set: a future cannot wake itself at a deadline
+    /// without a runtime's timer.
     pub async fn run_async<T, E: From<TxError>>(
         self,
         mut f: impl FnMut(&mut Tx<'s, K, V, S>) -> Result<T, E>,
@@ -513,7 +540,7 @@ where
             "Transaction::run_async: a deadline needs a timer; wrap the future in your runtime's timeout instead"
         );
         let mut backing = Backing::new(self.backoff);
-        for attempt in 1.. {
+        for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
             match tx.run(&mut f) {
                 Attempt::Done(result) => return result,
@@ -522,7 +549,51 @@ where
                 Attempt::Retry => tx.changed_async().await,
             }
         }
-        unreachable!("attempts are counted in a u32")
+        unreachable!("attempts never end")
+    }
+}
+
+/// 1, 2, 3, ..., then `u32::MAX` for ever.
+fn attempts() -> impl Iterator<Item = u32> {
+    (1..u32::MAX).chain(std::iter::repeat(u32::MAX))
+}
+
+/// Marks the store whose transaction this thread is running, to refuse a nested one: the inner
+/// transaction's commit would change what the outer one read, and the outer one would run
+/// again for ever.
+struct Nesting(usize);
+
+// Not a `const` initializer: loom's `thread_local!` takes none.
+#[allow(clippy::missing_const_for_thread_local)]
+mod running {
+    crate::primitive::thread_local!(pub(super) static RUNNING: std::cell::Cell<usize> = std::cell::Cell::new(0));
+}
+use running::RUNNING;
+
+impl Nesting {
+    /// Panics if this thread is running a closure of a transaction of `store`.
+    #[track_caller]
+    fn refuse<K, V, S>(store: &Store<K, V, S>) {
+        let nested = RUNNING.with(|running| running.get() == Self::id(store));
+        assert!(
+            !nested,
+            "Store::atomically inside a transaction of the same store: use the outer closure's Tx instead"
+        );
+    }
+
+    /// Marks `store` as the one whose transaction's closure runs, until dropped.
+    fn enter<K, V, S>(store: &Store<K, V, S>) -> Self {
+        Self(RUNNING.with(|running| running.replace(Self::id(store))))
+    }
+
+    fn id<K, V, S>(store: &Store<K, V, S>) -> usize {
+        store as *const Store<K, V, S> as usize
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        RUNNING.with(|running| running.set(self.0));
     }
 }
 

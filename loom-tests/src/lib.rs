@@ -22,12 +22,14 @@
 //! transaction where it was blocked), `keys.rs` (key creation racing commits and `dump`, the
 //! dump's help request), `memory.rs` (everything freed, a late claim taken out again, a paused
 //! commit dropped or forgotten), `transactions.rs` (`atomically`: opacity against a commit, and
-//! the `retry` handshake against a single-key and a multi-key commit; a lost wake-up leaves the
-//! waiter parked, which loom reports as a deadlock).
+//! the `retry` handshake against a single-key and a multi-key commit, and against a commit
+//! decided by a thread other than its stalled owner; a lost wake-up leaves the waiter parked,
+//! which loom reports as a deadlock).
 //!
 //! `mutations.sh` runs them once per deliberate breakage that the core implements
 //! (`cfg(stm_mutation = "...")`): skip_read_validation, decide_before_claims, no_descriptor,
-//! single_collect, dirty_read, no_birth_check, no_opacity, lost_wakeup. Each model's doc comment names the mutations
+//! single_collect, dirty_read, no_birth_check, no_opacity, lost_wakeup, helper_silent. Each
+//! model's doc comment names the mutations
 //! it catches, as measured by `mutations.sh` at the model's own bound. The core does not
 //! implement overwrite_undecided_claim, no_status_check and late_claim_stays (the slot module
 //! never replaces an undecided claim, and a late claim left in its slot would be a

@@ -88,3 +88,32 @@ fn retry_wakes_on_multi_key_commit() {
         assert_eq!(waiter.join().unwrap(), 3);
     });
 }
+
+/// A transaction retries until `a` has a value; the commit that writes it stalls after
+/// claiming its keys, and another thread, blocked by it, decides it: the decider must wake the
+/// waiter (the stalled owner never does, here, before the waiter is joined).
+///
+/// Catches: helper_silent.
+#[test]
+fn retry_wakes_when_a_helper_decides() {
+    check("retry_wakes_when_a_helper_decides", 2, || {
+        let store = seeded(&[("b", 0)]);
+        let mut c = store.using(["a", "b"]).unwrap();
+        c["a"].set(1);
+        c["b"].set(1);
+        let paused = c.commit_paused(2);
+        let waiter = {
+            let store = Arc::clone(&store);
+            thread::spawn(move || {
+                store.atomically(|tx| match tx.get(&"a")? {
+                    Some(v) => Ok(v),
+                    None => tx.retry(),
+                })
+            })
+        };
+        let helped = commit_one(&store, "b", 2); // blocked by the claim: decides the commit
+        assert!(!helped.ok(), "b changed under it");
+        assert_eq!(waiter.join().unwrap(), 1);
+        paused.resume().unwrap();
+    });
+}
