@@ -255,3 +255,17 @@ async fn async_api_round_trip() {
         Err(Error::Contract(stm_store::Error::ConcurrentUpdate))
     );
 }
+
+/// Stores are shared between threads; handles move between threads (and are `Sync` where
+/// `K` and `V` are), as in the contract.
+#[test]
+fn stores_and_handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<stm_store_etcd::EtcdStore<String, i64>>();
+    send_sync::<stm_store_etcd::Value<'static, String, i64>>();
+    send_sync::<stm_store_etcd::Collection<'static, String, i64>>();
+    send_sync::<EtcdStore<String, i64>>();
+    send_sync::<stm_store_etcd::blocking::Value<'static, String, i64>>();
+    send_sync::<stm_store_etcd::blocking::Collection<'static, String, i64>>();
+    send_sync::<Error>();
+}
