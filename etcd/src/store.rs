@@ -37,7 +37,8 @@ pub struct Options {
     /// started only before the budget is spent, so a call answers within about
     /// `budget + request_timeout`. `connect` uses the same budget.
     pub budget: Duration,
-    /// The time to live of the lease under which commit markers are written (default 120 s).
+    /// The time to live of the lease under which commit markers are written (default 120 s;
+    /// at least 4 × (`budget` + `request_timeout`), checked by `connect`).
     /// A new lease is granted when the current one is older than a quarter of this, so a
     /// commit in doubt ([`Error::OutcomeUnknown`]) can be resolved for at least three quarters
     /// of it after it was sent.
@@ -267,6 +268,14 @@ impl<K, V> EtcdStore<K, V> {
         };
         if names.is_empty() {
             return Err(fail("no endpoints given".into()));
+        }
+        if options.lease_ttl < (options.budget + options.request_timeout) * 4 {
+            return Err(fail(format!(
+                "Options: lease_ttl ({:?}) must be at least 4 x (budget + request_timeout) ({:?}), \
+                 so that a commit in doubt can be resolved while its marker lives",
+                options.lease_ttl,
+                (options.budget + options.request_timeout) * 4
+            )));
         }
         let connect_options = ConnectOptions::new()
             .with_connect_timeout(options.request_timeout)
@@ -782,7 +791,10 @@ where
                             landed(handles, &attempt.written);
                             return Ok(());
                         }
-                        Resolved::Fenced | Resolved::Lost => {
+                        // The lease expired within this call (an etcd that lost it): the
+                        // marker cannot tell any more; never guess.
+                        Resolved::Lost => return Err(Error::OutcomeLost),
+                        Resolved::Fenced => {
                             written = attempt.written;
                             if !backoff.wait().await {
                                 return Err(stm_store::Error::BusyRetry.into());

@@ -269,3 +269,13 @@ fn stores_and_handles_are_send_and_sync() {
     send_sync::<stm_store_etcd::blocking::Collection<'static, String, i64>>();
     send_sync::<Error>();
 }
+
+#[test]
+fn a_lease_too_short_for_the_budget_is_refused_at_connect() {
+    let options = Options {
+        lease_ttl: Duration::from_secs(10),
+        ..Options::default()
+    };
+    let e = EtcdStore::<String, i64>::connect_with(endpoints(), "x/", options).unwrap_err();
+    assert!(e.to_string().contains("lease_ttl"), "{e}");
+}
