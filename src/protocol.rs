@@ -103,7 +103,7 @@ fn commit_one<K, V: Clone>(
         }
         match slot.replace(&pin, current, record) {
             Ok(()) => {
-                shared.waiters.committed();
+                shared.waiters.committed(std::iter::once(slot.id));
                 return Ok(());
             }
             Err(back) => record = back,
@@ -234,7 +234,8 @@ fn advance<'g, K, V>(
     if txn.decide(Status::Committed) && txn.kind == Kind::Commit {
         // Whoever decides wakes the waiters: the owner may be stopped before its decision.
         if !(claimer.helping() && cfg!(stm_mutation = "helper_silent")) {
-            shared.waiters.committed();
+            let written = txn.entries().iter().filter(|entry| entry.writes());
+            shared.waiters.committed(written.map(|entry| entry.id));
         }
         if claimer.helping() {
             shared.count(Count::Helped);

@@ -281,7 +281,9 @@ where
     /// # Ok::<(), stm_store::Error>(())
     /// ```
     pub fn dump(&self) -> Vec<(K, u64, Option<V>)> {
-        self.dump_with_help()
+        match self.snapshot_with_help(|| self.try_dump()) {
+            Ok(rows) | Err(rows) => rows,
+        }
     }
 
     /// The version and value of `key`, or `None` if the store has no such key. Unlike
@@ -403,22 +405,30 @@ where
         f: impl FnOnce(&Snapshot<'_, K, V>) -> R,
     ) -> R {
         let pin = pin();
-        if let Some(found) = self.try_read(&pin, &range) {
-            return f(&Snapshot::read(found));
+        match self.snapshot_with_help(|| self.try_read(&pin, &range)) {
+            Ok(found) => f(&Snapshot::read(found)),
+            Err(rows) => {
+                let in_range = rows.into_iter().filter(|(key, ..)| range.contains(key));
+                f(&Snapshot::copied(in_range.collect()))
+            }
         }
-        let rows = self.dump_with_help().into_iter();
-        let in_range = rows.filter(|(key, _, _)| range.contains(key)).collect();
-        f(&Snapshot::copied(in_range))
     }
 
-    /// Publishes a request that every key creator serves before creating its key: it tries
+    /// Takes a snapshot with `own` (which tries once: `None` if a key was created meanwhile),
+    /// helped by key creators: `Ok` with the first of its own tries that lands, or `Err` with
+    /// the rows of a whole-store snapshot that a creator landed first.
+    ///
+    /// It publishes a request that every key creator serves before creating its key: it tries
     /// snapshots until one lands. Once the creators that were already past the check have
     /// created their keys (at most one each), no key is created until some snapshot lands.
     ///
     /// The request goes up before the first try, not after some failed ones: a creator that
-    /// overtakes a try adds keys for as long as the try took, so every dump it overtook would
-    /// leave the store (and the next dump's tries) longer by a fraction of itself.
-    fn dump_with_help(&self) -> Vec<Row<K, V>> {
+    /// overtakes a try adds keys for as long as the try took, so every snapshot it overtook
+    /// would leave the store (and the next one's tries) longer by a fraction of itself.
+    fn snapshot_with_help<R>(
+        &self,
+        mut own: impl FnMut() -> Option<R>,
+    ) -> Result<R, Vec<Row<K, V>>> {
         let pin = pin();
         let mut request = Box::new(DumpRequest {
             rows: OnceBox::new(),
@@ -429,8 +439,8 @@ where
                 Err(back) => {
                     request = back; // another dump's request is up
                     self.clear_served(&pin);
-                    if let Some(rows) = self.try_dump() {
-                        return rows;
+                    if let Some(taken) = own() {
+                        return Ok(taken);
                     }
                 }
             }
@@ -452,12 +462,17 @@ where
             pin: &pin,
             request: mine,
         };
-        self.serve(mine);
+        while !mine.rows.is_filled() {
+            if let Some(taken) = own() {
+                mine.rows.offer(Box::default()); // served: creators may go on
+                return Ok(taken);
+            }
+        }
         let rows = mine
             .rows
             .take()
             .expect("served, and only its owner takes the rows");
-        *rows
+        Err(*rows)
     }
 
     /// Takes snapshots until one is handed to `request`.

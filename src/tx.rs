@@ -320,10 +320,8 @@ where
     fn wait_for_change(&self, deadline: Option<Instant>) -> bool {
         self.store.shared().count(Count::TxWait);
         while let Some(watch) = self.watch() {
-            match deadline {
-                None => watch.wait(),
-                Some(deadline) if !watch.wait_deadline(deadline) => return !self.unchanged(),
-                Some(_) => {}
+            if !watch.wait(deadline) {
+                return !self.unchanged();
             }
         }
         true
@@ -342,10 +340,11 @@ where
     /// between is never noticed.
     fn watch(&self) -> Option<Watch<'s>> {
         let waiters = &self.store.shared().waiters;
+        let ids = || self.keys.iter().map(|k| k.slot.id);
         if cfg!(stm_mutation = "lost_wakeup") {
-            return self.unchanged().then(|| waiters.watch());
+            return self.unchanged().then(|| waiters.watch(ids()));
         }
-        let watch = waiters.watch();
+        let watch = waiters.watch(ids());
         self.unchanged().then_some(watch)
     }
 }
