@@ -292,6 +292,67 @@ def memory_table(memory, out, verdicts, others):
                            fmt(ratio(ours[col], base[col])) + "x", "info"))
 
 
+def transactions_tables(medians, tries, out, verdicts, others):
+    """Issue #10: transfers through `Store::atomically` against the Axon-style loop and the
+    `stm` crate; the producer/consumer queue (reported, no target)."""
+    impls = ["atomically", "using-commit", "stm-crate"]
+    out.append("\n### tx_transfer: 2-key transfers over 64 accounts by API "
+               "(million operations per second, median)\n")
+    out.append("`atomically`: `Store::atomically`; `using-commit`: `using` + `set` + `commit` in a "
+               "hand-written retry loop (the `ours` of `transfer`); `stm-crate`: the `stm` "
+               "crate's `atomically`.\n")
+    out.append("| threads | " + " | ".join(impls) +
+               " | atomically / stm-crate | atomically / using-commit | atomically conflicts "
+               "| using-commit conflicts |")
+    out.append("|" + "---|" * (len(impls) + 5))
+    for threads in ["1", "2", "4", "8"]:
+        row = {i: mops(medians, "tx_transfer", i, threads) for i in impls}
+        conflicts = [tries.get(f"tx_transfer/{i}/{threads}", {}).get("conflict_share", "-")
+                     for i in ["atomically", "using-commit"]]
+        out.append(f"| {threads} | " + " | ".join(fmt(row[i]) for i in impls) +
+                   f" | {fmt(ratio(row['atomically'], row['stm-crate']))}x"
+                   f" | {fmt(ratio(row['atomically'], row['using-commit']))}x | " +
+                   " | ".join(conflicts) + " |")
+        at = "1 thread" if threads == "1" else f"{threads} threads"
+        if threads != "1":
+            target(verdicts, f"atomically transfer at {at}: "
+                   f"atomically / stm-crate >= 1.2x",
+                   ratio(row["atomically"], row["stm-crate"]), ">=", 1.2)
+        # "Within 1.3x of the Axon-style path": time per transfer, atomically / using-commit.
+        target(verdicts, f"atomically transfer at {at}: time per transfer "
+               f"atomically / using-commit <= 1.3x",
+               ratio(row["using-commit"], row["atomically"]), "<=", 1.3)
+
+    impls = ["atomically-retry", "mutex-condvar"]
+    out.append("\n### tx_queue: bounded queue (16 items), N/2 producers and N/2 consumers "
+               "(million items per second, median)\n")
+    out.append("`atomically-retry`: the queue in the store, `retry` when empty or full; "
+               "`mutex-condvar`: `Mutex<VecDeque>` with two `Condvar`s. Waits: operations "
+               "that found the queue empty or full, per item.\n")
+    out.append("| threads | " + " | ".join(impls) +
+               " | atomically-retry / mutex-condvar | atomically-retry conflicts "
+               "| atomically-retry waits | mutex-condvar waits |")
+    out.append("|" + "---|" * (len(impls) + 5))
+    for threads in ["2", "4", "8"]:
+        row = {i: mops(medians, "tx_queue", i, threads) for i in impls}
+        waits = []
+        for i in impls:
+            t = tries.get(f"tx_queue/{i}/{threads}")
+            if not t:
+                waits.append("-")
+                continue
+            items = int(t["ops"]) / 2  # pushes and pops both count as operations
+            total = int(t.get("producer_waits", 0)) + int(t.get("consumer_waits", 0))
+            waits.append(f"{total / items:.3f}" if items else "-")
+        conflicts = tries.get(f"tx_queue/atomically-retry/{threads}", {}).get(
+            "conflict_share", "-")
+        r = ratio(row["atomically-retry"], row["mutex-condvar"])
+        out.append(f"| {threads} | " + " | ".join(fmt(row[i]) for i in impls) +
+                   f" | {fmt(r)}x | {conflicts} | " + " | ".join(waits) + " |")
+        others.append((f"queue with retry / Mutex+Condvar queue at {threads} threads "
+                       "(report only)", fmt(r) + "x" if r else "-", "info"))
+
+
 def main():
     log = sys.argv[1]
     root = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
@@ -305,9 +366,11 @@ def main():
     size_table(medians, out, verdicts, others)
     thread_table(medians, out, verdicts, others)
     memory_table(memory, out, verdicts, others)
+    transactions_tables(medians, tries, out, verdicts, others)
     # The issue's targets, in its order.
     order = ["read-mostly", "transfer", "hot key", "8-key snapshot", "stall", "oversubscribed",
-             "single thread 2-key", "single thread 1-key", "1-key commit", "bytes per key"]
+             "single thread 2-key", "single thread 1-key", "1-key commit", "bytes per key",
+             "atomically transfer"]
     verdicts.sort(key=lambda v: next(i for i, p in enumerate(order) if v[0].startswith(p)))
     out.append("\n### targets (each a ratio from this run)\n")
     out.append("| target | measured | verdict |")

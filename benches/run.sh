@@ -18,7 +18,7 @@ target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 export CARGO_TARGET_DIR=$target
 log=$target/bench.log
 max_load=${MAX_LOAD:-0.8}
-benches=${BENCHES:-contention single_thread thread_count memory lockfree}
+benches=${BENCHES:-contention single_thread thread_count memory lockfree transactions}
 
 cargo bench -p stm-store-benches --no-run
 

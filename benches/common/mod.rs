@@ -5,6 +5,7 @@
 //!
 //! - [`Ours`]: `stm_store::Store<u64, u64>` through `usevar` / `using` / `commit`, with retry
 //!   loops that count `ConcurrentUpdate` and `BusyRetry`.
+//! - [`Atomically`]: the same store through `Store::atomically` (the store's own retry loop).
 //! - [`MutexKv`]: one `parking_lot::Mutex` over a `HashMap<u64, (version, Option<u64>)>`, used
 //!   as Axon.STM uses its lock: a read copies under the lock, a commit takes the lock again,
 //!   checks the versions it read and writes.
@@ -229,6 +230,90 @@ impl Kv for Ours {
                 Err(error) => Self::failed(&mut tries, error, backoff),
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// stm-store through transactions (`Store::atomically`).
+
+/// `stm_store::Store<u64, u64>` through [`Store::atomically`]: reads as the closure goes, the
+/// store's own retry loop with its default backoff (spins 1, 2, 4, ... up to 1,024, then also
+/// yields), so the benchmark's [`Backoff`] is not used. Attempts are counted with
+/// `Tx::attempt` (every attempt after the first followed a conflict: the workloads never
+/// `retry`); a commit that found a key busy counts as a conflict too.
+pub struct Atomically(pub Store<u64, u64>);
+
+impl Atomically {
+    /// The attempts of a call whose last attempt was `last`.
+    #[inline]
+    fn tries(last: u32) -> Tries {
+        let attempts = u64::from(last);
+        Tries {
+            attempts,
+            conflicts: attempts - 1,
+            busy: 0,
+        }
+    }
+}
+
+impl Kv for Atomically {
+    const NAME: &'static str = "atomically";
+
+    fn new(keys: usize, initial: u64) -> Self {
+        Atomically(Ours::new(keys, initial).0)
+    }
+
+    #[inline]
+    fn read(&self, key: u64) -> u64 {
+        self.0.atomically(|tx| tx.get(&key)).unwrap_or(0)
+    }
+
+    fn incr(&self, key: u64, _backoff: Backoff) -> Tries {
+        let mut last = 0;
+        self.0.atomically(|tx| {
+            last = tx.attempt();
+            let value = tx.get(&key)?.unwrap_or(0);
+            tx.set(&key, value.wrapping_add(1))
+        });
+        Self::tries(last)
+    }
+
+    fn transfer(&self, from: u64, to: u64, amount: u64, _backoff: Backoff) -> Tries {
+        let mut last = 0;
+        self.0.atomically(|tx| {
+            last = tx.attempt();
+            let a = tx.get(&from)?.unwrap_or(0);
+            let b = tx.get(&to)?.unwrap_or(0);
+            tx.set(&from, a.wrapping_sub(amount))?;
+            tx.set(&to, b.wrapping_add(amount))
+        });
+        Self::tries(last)
+    }
+
+    fn snapshot(&self, keys: &[u64], out: &mut Vec<u64>) -> Tries {
+        let mut last = 0;
+        self.0.atomically(|tx| {
+            last = tx.attempt();
+            out.clear();
+            for key in keys {
+                out.push(tx.get(key)?.unwrap_or(0));
+            }
+            Ok(())
+        });
+        Self::tries(last)
+    }
+
+    fn write_all(&self, keys: &[u64], _backoff: Backoff) -> Tries {
+        let mut last = 0;
+        self.0.atomically(|tx| {
+            last = tx.attempt();
+            for key in keys {
+                let value = tx.get(key)?.unwrap_or(0);
+                tx.set(key, value.wrapping_add(1))?;
+            }
+            Ok(())
+        });
+        Self::tries(last)
     }
 }
 
