@@ -59,21 +59,32 @@ fn run_one<T>(path: &Path, name: &str, run: impl FnOnce() -> T) -> T {
     }
 }
 
-/// Runs every file through both harnesses. Returns what the interleave runs did.
+/// Runs every file through both harnesses. Returns what the runs did (both harnesses'
+/// transactions; the paused commits of `interleave`).
 fn replay(files: &[PathBuf]) -> harness::Stats {
     let mut stats = harness::Stats::default();
     for path in files {
         let data =
             std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        run_one(path, "ops", || harness::run_ops(&data));
+        stats += run_one(path, "ops", || harness::run_ops_counting(&data));
         stats += run_one(path, "interleave", || harness::run_interleave(&data));
     }
     stats
 }
 
+/// The corpus must keep reaching every way a transaction ends, and reruns.
+fn assert_transactions_reached(stats: &harness::Stats) {
+    assert!(
+        stats.tx_ok > 0 && stats.tx_failed > 0 && stats.tx_timed_out > 0 && stats.tx_reruns > 0,
+        "{stats:?}"
+    );
+}
+
 #[test]
 fn ops_corpus_replays() {
-    replay(&inputs(&fuzz_dir().join("corpus/ops"), true));
+    let stats = replay(&inputs(&fuzz_dir().join("corpus/ops"), true));
+    println!("{stats:?}");
+    assert_transactions_reached(&stats);
 }
 
 #[test]
@@ -93,6 +104,7 @@ fn interleave_corpus_replays() {
         );
         assert!(stats.abandoned > 0 && stats.max_worlds > 1, "{stats:?}");
     }
+    assert_transactions_reached(&stats);
 }
 
 #[test]

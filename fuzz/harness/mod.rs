@@ -25,13 +25,14 @@
 //! leaves them clean holding the new version and value.
 #![allow(dead_code)]
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::{self, Debug, Write as _};
 use std::sync::atomic::{AtomicIsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stm_store::{Collection, Error, Store, Value};
+use stm_store::{Backoff, Collection, Error, Store, Tx, TxError, Value};
 
 /// Key type of the store under test.
 pub type K = u8;
@@ -259,6 +260,8 @@ pub enum Op {
     /// `ops` only: start a new store. The old one stays, with its handles (a handle cannot
     /// outlive its store), which go on committing to it.
     NewStore,
+    /// Run `body` as one transaction (`Store::atomically` and friends): see [`TxOp`].
+    Tx { kind: TxKind, body: Vec<TxOp> },
 }
 
 /// One step of the `interleave` language.
@@ -295,7 +298,8 @@ fn decode_op(code: u8, bytes: &mut Bytes<'_>, slots: usize, interleave: bool) ->
             slot: slot(bytes.byte()?),
             key: bytes.byte()? % KEYS,
         },
-        2 | 3 => {
+        3 | 5 => decode_tx(bytes)?,
+        2 => {
             let slot = slot(bytes.byte()?);
             let count = bytes.byte()? % (MAX_USING + 1);
             let keys = (0..count)
@@ -303,7 +307,7 @@ fn decode_op(code: u8, bytes: &mut Bytes<'_>, slots: usize, interleave: bool) ->
                 .collect::<Option<Vec<_>>>()?;
             Op::Using { slot, keys }
         }
-        4 | 5 => set(bytes, Via::GetMut)?,
+        4 => set(bytes, Via::GetMut)?,
         6 => set(bytes, Via::Index)?,
         7 => set(bytes, Via::ValuesMut)?,
         8 => Op::Clear {
@@ -330,6 +334,123 @@ fn decode_op(code: u8, bytes: &mut Bytes<'_>, slots: usize, interleave: bool) ->
         },
         _ => Op::NewStore,
     })
+}
+
+/// How a `Tx` step runs its closure. The runner may switch (see [`TxKind::effective`]): a
+/// closure that would wait forever in `retry` on one thread runs with a deadline in the past,
+/// and a user error needs `try_atomically`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxKind {
+    /// `Store::atomically` (the closure's error type is `TxError`)
+    Atomically,
+    /// `Store::try_atomically` with the harness's own error type
+    TryAtomically,
+    /// `store.transaction().backoff(Backoff::none()).run(..)`
+    NoBackoff,
+    /// `store.transaction().deadline(<now>).run(..)`: a retry, or a conflict, times out
+    Deadline,
+}
+
+/// One operation inside a transaction's closure. `swallow`: the closure ignores the
+/// operation's `TxError` (`let _ = ...`) instead of passing it up with `?`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxOp {
+    /// `tx.get(&key)`, then `tx.version(&key)` to see the version read
+    Get { key: K, swallow: bool },
+    /// `tx.exists(&key)`
+    Exists { key: K, swallow: bool },
+    /// `tx.version(&key)`
+    Version { key: K, swallow: bool },
+    /// `tx.set(&key, value)`
+    Set { key: K, value: N, swallow: bool },
+    /// `tx.clear(&key)`
+    Clear { key: K, swallow: bool },
+    /// `tx.retry()`
+    Retry { swallow: bool },
+    /// the closure returns its own error
+    Fail { code: u8 },
+    /// On the first attempt only: `store.usevar(key)`, `set(value)`, `commit()` from inside the
+    /// closure (another writer's commit between two reads of the attempt).
+    Bump { key: K, value: N },
+    /// `tx.or_else(first, second)`
+    OrElse {
+        first: Vec<TxOp>,
+        second: Vec<TxOp>,
+        swallow: bool,
+    },
+}
+
+/// How deep `OrElse` nests at most.
+const TX_DEPTH: usize = 3;
+/// Operations in one transaction body (or one branch) at most.
+const TX_OPS: u8 = 8;
+/// Operations in one `or_else` branch at most.
+const TX_BRANCH_OPS: u8 = 3;
+
+/// `Tx` operands: a header byte (kind = byte % 4, body length = byte / 4 % 9), then the body.
+fn decode_tx(bytes: &mut Bytes<'_>) -> Option<Op> {
+    let head = bytes.byte()?;
+    let kind = match head % 4 {
+        0 => TxKind::Atomically,
+        1 => TxKind::TryAtomically,
+        2 => TxKind::NoBackoff,
+        _ => TxKind::Deadline,
+    };
+    let len = (head / 4) % (TX_OPS + 1);
+    let body = decode_tx_ops(bytes, len, 0)?;
+    Some(Op::Tx { kind, body })
+}
+
+/// `len` transaction operations: an opcode byte (`% 16`; bit 4 says whether the closure
+/// swallows the operation's error), then its operands.
+fn decode_tx_ops(bytes: &mut Bytes<'_>, len: u8, depth: usize) -> Option<Vec<TxOp>> {
+    (0..len)
+        .map(|_| {
+            let code = bytes.byte()?;
+            let swallow = code & 0x10 != 0;
+            Some(match code % 16 {
+                2 => TxOp::Exists {
+                    key: bytes.byte()? % KEYS,
+                    swallow,
+                },
+                3 => TxOp::Version {
+                    key: bytes.byte()? % KEYS,
+                    swallow,
+                },
+                4 | 5 => TxOp::Set {
+                    key: bytes.byte()? % KEYS,
+                    value: N::from(bytes.byte()?),
+                    swallow,
+                },
+                6 => TxOp::Clear {
+                    key: bytes.byte()? % KEYS,
+                    swallow,
+                },
+                7 => TxOp::Retry { swallow },
+                8 => TxOp::Fail {
+                    code: bytes.byte()?,
+                },
+                9 => TxOp::Bump {
+                    key: bytes.byte()? % KEYS,
+                    value: N::from(bytes.byte()?),
+                },
+                10 | 11 if depth < TX_DEPTH => {
+                    let lens = bytes.byte()?;
+                    let first = decode_tx_ops(bytes, lens % (TX_BRANCH_OPS + 1), depth + 1)?;
+                    let second = decode_tx_ops(bytes, (lens / 8) % (TX_BRANCH_OPS + 1), depth + 1)?;
+                    TxOp::OrElse {
+                        first,
+                        second,
+                        swallow,
+                    }
+                }
+                _ => TxOp::Get {
+                    key: bytes.byte()? % KEYS,
+                    swallow,
+                },
+            })
+        })
+        .collect()
 }
 
 /// The `ops` program of an input: opcode byte, operand bytes, repeated.
@@ -649,6 +770,509 @@ fn divergence<T: Debug>(target: &str, program: &[T], step: usize, msg: &str) -> 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Transactions: the real run and the model's
+// ---------------------------------------------------------------------------------------------
+
+/// What a transaction's closure saw, in order, over all its attempts: the answers that the
+/// model must predict one by one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ans {
+    /// A run of the closure began (`tx.attempt()`).
+    Attempt(u32),
+    /// `get`: the value, and the version read (`tx.version` right after).
+    Got(K, Option<N>, u64),
+    /// `exists`, and the version read.
+    Exists(K, bool, u64),
+    /// `version`.
+    Version(K, u64),
+    /// `set` or `clear` accepted; the key's version as read.
+    Wrote(K, u64),
+    /// A `Tx` operation answered `TxError`.
+    Stopped,
+    /// `retry` answered (always `TxError`).
+    Retried,
+    /// `or_else` answered `Ok` (true) or an error.
+    OrElse(bool),
+    /// A commit from inside the closure: key, version it read, whether it landed.
+    Bumped(K, u64, bool),
+}
+
+/// How the transaction call ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxEnd {
+    /// It committed.
+    Ok,
+    /// The closure's own error came back.
+    Failed(u8),
+    /// A `TxError` that `is_timeout` came back.
+    TimedOut,
+    /// Model only: the call would wait forever in `retry` (the runner then sets a deadline).
+    Blocks,
+}
+
+/// The closure's error type in the harness.
+#[derive(Debug)]
+enum TxFail {
+    Tx(TxError),
+    User(u8),
+}
+
+impl From<TxError> for TxFail {
+    fn from(e: TxError) -> Self {
+        TxFail::Tx(e)
+    }
+}
+
+/// Attempts beyond this mean the transaction keeps running on one thread: only the first
+/// attempt commits from inside the closure (`Bump`), so the second must end the call.
+const TX_MAX_ATTEMPTS: u32 = 4;
+
+struct RealTx<'a, 's> {
+    store: &'s Store<K, V>,
+    live: &'a Live,
+    log: RefCell<Vec<Ans>>,
+    /// Some operation of this run (since it began, or since `or_else` started its second
+    /// branch) answered `TxError`: the run is stopped.
+    errored: Cell<bool>,
+}
+
+impl RealTx<'_, '_> {
+    fn push(&self, ans: Ans) {
+        self.log.borrow_mut().push(ans);
+    }
+
+    /// The `TxError` of a run known to be stopped: any operation answers it.
+    fn stop_of(tx: &mut Tx<'_, K, V>) -> TxFail {
+        TxFail::Tx(
+            tx.get(&0)
+                .expect_err("the harness's errored run is stopped"),
+        )
+    }
+
+    /// Runs `ops` as the closure does, recording every answer.
+    ///
+    /// Once the run is stopped (an error was swallowed), the closure calls neither `retry`
+    /// nor `or_else` again: it answers the stop itself. (What those two do on a stopped run is
+    /// a corner that changed while the API settled: `retry` used to turn a stop into a retry,
+    /// and `or_else` to run its branches; the harness keeps out of it.)
+    fn exec(&self, tx: &mut Tx<'_, K, V>, ops: &[TxOp]) -> Result<(), TxFail> {
+        for op in ops {
+            let (result, swallow) = match *op {
+                TxOp::Get { key, swallow } => (
+                    tx.get(&key).map(|value| {
+                        let version = tx.version(&key).expect("a key read answers its version");
+                        self.push(Ans::Got(key, value.as_ref().map(Val::get), version));
+                    }),
+                    swallow,
+                ),
+                TxOp::Exists { key, swallow } => (
+                    tx.exists(&key).map(|exists| {
+                        let version = tx.version(&key).expect("a key read answers its version");
+                        self.push(Ans::Exists(key, exists, version));
+                    }),
+                    swallow,
+                ),
+                TxOp::Version { key, swallow } => (
+                    tx.version(&key)
+                        .map(|version| self.push(Ans::Version(key, version))),
+                    swallow,
+                ),
+                TxOp::Set {
+                    key,
+                    value,
+                    swallow,
+                } => (
+                    tx.set(&key, Val::new(self.live, value)).map(|()| {
+                        let version = tx.version(&key).expect("a key written answers");
+                        self.push(Ans::Wrote(key, version));
+                    }),
+                    swallow,
+                ),
+                TxOp::Clear { key, swallow } => (
+                    tx.clear(&key).map(|()| {
+                        let version = tx.version(&key).expect("a key written answers");
+                        self.push(Ans::Wrote(key, version));
+                    }),
+                    swallow,
+                ),
+                TxOp::Retry { swallow } => {
+                    let e = match self.errored.get() {
+                        true => Self::stop_of(tx),
+                        false => tx.retry::<()>().expect_err("retry answers an error").into(),
+                    };
+                    self.errored.set(true);
+                    self.push(Ans::Retried);
+                    if swallow {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                TxOp::Fail { code } => return Err(TxFail::User(code)),
+                TxOp::Bump { key, value } => {
+                    if tx.attempt() == 1 {
+                        let mut handle = self.store.usevar(key).expect("usevar never fails");
+                        let version = handle.version();
+                        handle.set(Val::new(self.live, value));
+                        let landed = handle.commit().is_ok();
+                        self.push(Ans::Bumped(key, version, landed));
+                    }
+                    continue;
+                }
+                TxOp::OrElse {
+                    ref first,
+                    ref second,
+                    swallow,
+                } => {
+                    let result = match self.errored.get() {
+                        true => Err(Self::stop_of(tx)),
+                        false => tx.or_else(
+                            |tx| self.exec(tx, first),
+                            |tx| {
+                                // `or_else` lifted the first branch's retry.
+                                self.errored.set(false);
+                                self.exec(tx, second)
+                            },
+                        ),
+                    };
+                    if let Err(TxFail::Tx(_)) = result {
+                        self.errored.set(true);
+                    }
+                    self.push(Ans::OrElse(result.is_ok()));
+                    match result {
+                        Err(e) if !swallow => return Err(e),
+                        _ => continue,
+                    }
+                }
+            };
+            if let Err(e) = result {
+                self.errored.set(true);
+                self.push(Ans::Stopped);
+                if !swallow {
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `body` on `store` as a transaction of `kind`: every answer its closure saw, and how
+/// the call ended.
+fn run_tx(
+    store: &Store<K, V>,
+    live: &Live,
+    kind: TxKind,
+    body: &[TxOp],
+) -> Result<(Vec<Ans>, TxEnd), String> {
+    let real = RealTx {
+        store,
+        live,
+        log: RefCell::new(Vec::new()),
+        errored: Cell::new(false),
+    };
+    let closure = |tx: &mut Tx<'_, K, V>| -> Result<(), TxFail> {
+        assert!(
+            tx.attempt() <= TX_MAX_ATTEMPTS,
+            "the transaction keeps running its closure on one thread (attempt {}); answers so \
+             far: {:?}",
+            tx.attempt(),
+            real.log.borrow()
+        );
+        real.push(Ans::Attempt(tx.attempt()));
+        real.errored.set(false);
+        real.exec(tx, body)
+    };
+    let result = match kind {
+        TxKind::Atomically => {
+            store.atomically(|tx| {
+                closure(tx).map_err(|e| match e {
+                    TxFail::Tx(e) => e,
+                    // Only an attempt that stopped ends in a user error under `atomically`
+                    // (the runner picks `try_atomically` when the model says the call ends
+                    // with one): any operation answers that attempt's `TxError`.
+                    TxFail::User(code) => tx.get(&0).err().unwrap_or_else(|| {
+                        panic!(
+                            "the closure's own error ({code}) ended an attempt that did not \
+                             stop, where the model expected the transaction to go on"
+                        )
+                    }),
+                })
+            });
+            Ok(())
+        }
+        TxKind::TryAtomically => store.try_atomically(closure),
+        TxKind::NoBackoff => store.transaction().backoff(Backoff::none()).run(closure),
+        TxKind::Deadline => store.transaction().deadline(Instant::now()).run(closure),
+    };
+    let end = match result {
+        Ok(()) => TxEnd::Ok,
+        Err(TxFail::User(code)) => TxEnd::Failed(code),
+        Err(TxFail::Tx(e)) if e.is_timeout() => TxEnd::TimedOut,
+        Err(TxFail::Tx(e)) => return Err(format!("the transaction call returned {e:?}")),
+    };
+    Ok((real.log.into_inner(), end))
+}
+
+/// One key read by a modelled attempt.
+#[derive(Clone, Debug)]
+struct MRead {
+    key: K,
+    version: u64,
+    value: Option<N>,
+    /// `Some(new)` once written (`new == None`: cleared).
+    write: Option<Option<N>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MStop {
+    Conflict,
+    Retry,
+}
+
+#[derive(Debug)]
+enum MFail {
+    Tx,
+    User(u8),
+}
+
+/// The model of one attempt, written from the transaction semantics (issue #10, `tx` module
+/// docs): reads as it goes, each new read checks that every earlier read still holds (else the
+/// attempt stops); the transaction's own writes are read back; `retry` stops the attempt for
+/// a wait; `or_else` undoes the first branch's writes (keeping its reads) when it retries; the
+/// commit validates every key read and writes the keys written.
+struct MAttempt<'m> {
+    model: &'m mut Model,
+    attempt: u32,
+    reads: Vec<MRead>,
+    stop: Option<MStop>,
+    /// As the harness's closure knows it (see `RealTx::exec`): some operation of this run
+    /// (since it began, or since `or_else` started its second branch) answered `TxError`.
+    errored: bool,
+    log: &'m mut Vec<Ans>,
+    /// Commits made from inside the closure, as handles (for the serial replay).
+    commits: &'m mut Vec<Vec<MVal>>,
+}
+
+impl MAttempt<'_> {
+    fn touch(&mut self, key: K) -> Result<usize, MFail> {
+        if self.stop.is_some() {
+            return Err(MFail::Tx);
+        }
+        if let Some(at) = self.reads.iter().position(|r| r.key == key) {
+            return Ok(at);
+        }
+        let (version, value) = *self.model.keys.entry(key).or_insert((0, None));
+        let consistent = self
+            .reads
+            .iter()
+            .all(|r| self.model.keys.get(&r.key).map(|k| k.0) == Some(r.version));
+        if !consistent {
+            self.stop = Some(MStop::Conflict);
+            return Err(MFail::Tx);
+        }
+        self.reads.push(MRead {
+            key,
+            version,
+            value,
+            write: None,
+        });
+        Ok(self.reads.len() - 1)
+    }
+
+    fn current(&self, at: usize) -> Option<N> {
+        let r = &self.reads[at];
+        r.write.unwrap_or(r.value)
+    }
+
+    fn exec(&mut self, ops: &[TxOp]) -> Result<(), MFail> {
+        for op in ops {
+            let (result, swallow) = match *op {
+                TxOp::Get { key, swallow } => (
+                    self.touch(key).map(|at| {
+                        let ans = Ans::Got(key, self.current(at), self.reads[at].version);
+                        self.log.push(ans);
+                    }),
+                    swallow,
+                ),
+                TxOp::Exists { key, swallow } => (
+                    self.touch(key).map(|at| {
+                        let ans =
+                            Ans::Exists(key, self.current(at).is_some(), self.reads[at].version);
+                        self.log.push(ans);
+                    }),
+                    swallow,
+                ),
+                TxOp::Version { key, swallow } => (
+                    self.touch(key)
+                        .map(|at| self.log.push(Ans::Version(key, self.reads[at].version))),
+                    swallow,
+                ),
+                TxOp::Set {
+                    key,
+                    value,
+                    swallow,
+                } => (self.write(key, Some(value)), swallow),
+                TxOp::Clear { key, swallow } => (self.write(key, None), swallow),
+                TxOp::Retry { swallow } => {
+                    // `retry` stops the attempt for a wait. On a run already stopped the
+                    // closure does not call it, and the stop stays what it was.
+                    if !self.errored {
+                        self.stop = Some(MStop::Retry);
+                    }
+                    self.errored = true;
+                    self.log.push(Ans::Retried);
+                    if swallow {
+                        continue;
+                    }
+                    return Err(MFail::Tx);
+                }
+                TxOp::Fail { code } => return Err(MFail::User(code)),
+                TxOp::Bump { key, value } => {
+                    if self.attempt == 1 {
+                        let mut handle = self.model.usevar(key);
+                        handle.pending = Some(Some(value));
+                        let landed = self.model.commit(std::slice::from_ref(&handle)).is_ok();
+                        self.log.push(Ans::Bumped(key, handle.version, landed));
+                        if landed {
+                            self.commits.push(vec![handle]);
+                        }
+                    }
+                    continue;
+                }
+                TxOp::OrElse {
+                    ref first,
+                    ref second,
+                    swallow,
+                } => {
+                    let result = match self.errored {
+                        true => Err(MFail::Tx), // not called: the run's stop
+                        false => self.or_else(first, second),
+                    };
+                    if let Err(MFail::Tx) = result {
+                        self.errored = true;
+                    }
+                    self.log.push(Ans::OrElse(result.is_ok()));
+                    match result {
+                        Err(e) if !swallow => return Err(e),
+                        _ => continue,
+                    }
+                }
+            };
+            if result.is_err() {
+                self.errored = true;
+                self.log.push(Ans::Stopped);
+                if !swallow {
+                    return Err(MFail::Tx);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, key: K, new: Option<N>) -> Result<(), MFail> {
+        let at = self.touch(key)?;
+        self.reads[at].write = Some(new);
+        self.log.push(Ans::Wrote(key, self.reads[at].version));
+        Ok(())
+    }
+
+    /// GHC's `orElse`: if the first branch retries, its writes are undone (its reads stay
+    /// read) and the second branch runs in the same attempt.
+    ///
+    /// An attempt already stopped (a swallowed `TxError`) runs neither branch: `or_else`
+    /// answers that stop.
+    fn or_else(&mut self, first: &[TxOp], second: &[TxOp]) -> Result<(), MFail> {
+        if self.stop.is_some() {
+            return Err(MFail::Tx);
+        }
+        let writes: Vec<Option<Option<N>>> = self.reads.iter().map(|r| r.write).collect();
+        let result = self.exec(first);
+        if self.stop != Some(MStop::Retry) {
+            return result;
+        }
+        for (i, r) in self.reads.iter_mut().enumerate() {
+            r.write = writes.get(i).copied().flatten();
+        }
+        self.stop = None;
+        self.errored = false;
+        self.exec(second)
+    }
+}
+
+/// What the model predicts for a transaction: every answer, the end, the commits made (from
+/// inside the closure, then the transaction's own), and the store after it.
+#[derive(Clone, Debug)]
+struct TxSim {
+    log: Vec<Ans>,
+    end: TxEnd,
+    commits: Vec<Vec<MVal>>,
+}
+
+/// Runs the model of a transaction over `model` (changed as the store would be). `deadline`:
+/// the call has a deadline already past, so the first attempt that does not end the call
+/// (a conflict or a retry) times out.
+fn simulate_tx(model: &mut Model, body: &[TxOp], deadline: bool) -> TxSim {
+    let mut log = Vec::new();
+    let mut commits = Vec::new();
+    for attempt in 1..=TX_MAX_ATTEMPTS {
+        log.push(Ans::Attempt(attempt));
+        let mut run = MAttempt {
+            model,
+            attempt,
+            reads: Vec::new(),
+            stop: None,
+            errored: false,
+            log: &mut log,
+            commits: &mut commits,
+        };
+        let result = run.exec(body);
+        let (stop, reads) = (run.stop, run.reads);
+        let end = match (stop, result) {
+            (Some(MStop::Retry), _) if deadline => TxEnd::TimedOut,
+            (Some(MStop::Retry), _) => TxEnd::Blocks,
+            (Some(MStop::Conflict), _) if deadline => TxEnd::TimedOut,
+            (Some(MStop::Conflict), _) => continue,
+            (None, Err(MFail::User(code))) => TxEnd::Failed(code),
+            (None, Err(MFail::Tx)) => unreachable!("only a stopped attempt answers TxError"),
+            (None, Ok(())) => {
+                let members: Vec<MVal> = reads
+                    .iter()
+                    .map(|r| MVal {
+                        key: r.key,
+                        version: r.version,
+                        value: r.value,
+                        pending: r.write,
+                    })
+                    .collect();
+                match model.commit(&members) {
+                    Ok(()) => {
+                        commits.push(members);
+                        TxEnd::Ok
+                    }
+                    Err(_) if deadline => TxEnd::TimedOut,
+                    Err(_) => continue,
+                }
+            }
+        };
+        return TxSim { log, end, commits };
+    }
+    panic!("harness bug: the model's transaction did not end within {TX_MAX_ATTEMPTS} attempts")
+}
+
+/// The kind a transaction really runs with, given what the model predicts in each possible
+/// world: one that would wait forever gets a deadline (already past); a user error under
+/// `atomically` needs `try_atomically`.
+fn effective_kind(kind: TxKind, ends: &[TxEnd]) -> TxKind {
+    if ends.contains(&TxEnd::Blocks) {
+        TxKind::Deadline
+    } else if kind == TxKind::Atomically && ends.iter().any(|e| matches!(e, TxEnd::Failed(_))) {
+        TxKind::TryAtomically
+    } else {
+        kind
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // `ops`: one client, exact model
 // ---------------------------------------------------------------------------------------------
 
@@ -667,10 +1291,16 @@ struct OpsRun<'s> {
     models: Vec<Model>,
     slots: Vec<Option<OpsSlot<'s>>>,
     live: Live,
+    stats: Stats,
 }
 
 /// Runs the `ops` program of `data` on a store and on the model; panics on any difference.
 pub fn run_ops(data: &[u8]) {
+    run_ops_counting(data);
+}
+
+/// [`run_ops`], returning what its transactions did.
+pub fn run_ops_counting(data: &[u8]) -> Stats {
     let ops = decode_ops(data);
     let live = Live::default();
     let new_stores = ops.iter().filter(|op| matches!(op, Op::NewStore)).count();
@@ -680,6 +1310,7 @@ pub fn run_ops(data: &[u8]) {
         models: vec![Model::default()],
         slots: (0..MAX_HANDLES).map(|_| None).collect(),
         live: live.clone(),
+        stats: Stats::default(),
     };
     for (i, op) in ops.iter().enumerate() {
         let checked =
@@ -696,11 +1327,13 @@ pub fn run_ops(data: &[u8]) {
     if let Err(msg) = run.dump("final dump") {
         divergence("ops", &ops, ops.len(), &msg);
     }
+    let stats = run.stats;
     drop(run);
     drop(stores);
     if let Err(msg) = check_all_freed(&live) {
         divergence("ops", &ops, ops.len(), &msg);
     }
+    stats
 }
 
 impl<'s> OpsRun<'s> {
@@ -839,6 +1472,24 @@ impl<'s> OpsRun<'s> {
                 // for its handles, which may still commit.
                 self.models.push(Model::default());
             }
+            Op::Tx { kind, body } => {
+                let model = &self.models[generation];
+                let mut after = model.clone();
+                let mut sim = simulate_tx(&mut after, body, *kind == TxKind::Deadline);
+                let kind = effective_kind(*kind, std::slice::from_ref(&sim.end));
+                if kind == TxKind::Deadline && sim.end == TxEnd::Blocks {
+                    after = model.clone();
+                    sim = simulate_tx(&mut after, body, true);
+                }
+                let actual = run_tx(self.store(), &self.live, kind, body)?;
+                expect_eq(
+                    &format!("transaction ({kind:?}): (answers, end)"),
+                    &actual,
+                    &(sim.log, sim.end),
+                )?;
+                self.stats.count_tx(&actual.0, &actual.1);
+                self.models[generation] = after;
+            }
         }
         Ok(())
     }
@@ -914,6 +1565,31 @@ pub struct Stats {
     pub abandoned: usize,
     /// The most worlds the model had to keep at once.
     pub max_worlds: usize,
+    /// Transactions that committed.
+    pub tx_ok: usize,
+    /// Transactions that ended with the closure's own error.
+    pub tx_failed: usize,
+    /// Transactions that timed out (a retry, or a conflict, under a deadline already past).
+    pub tx_timed_out: usize,
+    /// Transactions that ran their closure more than once.
+    pub tx_reruns: usize,
+    /// `interleave`: transactions not run because a client was stopped inside a commit.
+    pub tx_skipped: usize,
+}
+
+impl Stats {
+    /// Counts a transaction that ended with `end` after the answers `log`.
+    fn count_tx(&mut self, log: &[Ans], end: &TxEnd) {
+        match end {
+            TxEnd::Ok => self.tx_ok += 1,
+            TxEnd::Failed(_) => self.tx_failed += 1,
+            TxEnd::TimedOut => self.tx_timed_out += 1,
+            TxEnd::Blocks => {}
+        }
+        if log.contains(&Ans::Attempt(2)) {
+            self.tx_reruns += 1;
+        }
+    }
 }
 
 impl std::ops::AddAssign for Stats {
@@ -924,6 +1600,11 @@ impl std::ops::AddAssign for Stats {
         self.resumed_failed += other.resumed_failed;
         self.abandoned += other.abandoned;
         self.max_worlds = self.max_worlds.max(other.max_worlds);
+        self.tx_ok += other.tx_ok;
+        self.tx_failed += other.tx_failed;
+        self.tx_timed_out += other.tx_timed_out;
+        self.tx_reruns += other.tx_reruns;
+        self.tx_skipped += other.tx_skipped;
     }
 }
 
@@ -1212,7 +1893,59 @@ impl Interleave<'_, '_> {
             &Op::Drop { slot } => self.clients[client].slots[slot] = None,
             Op::Read { .. } => {}
             Op::NewStore => unreachable!("the interleave decoder makes no NewStore"),
+            Op::Tx { kind, body } => self.transaction(client, *kind, body)?,
         }
+        Ok(())
+    }
+
+    /// A transaction, run whole within this step. Its answers (every read, with the version
+    /// read, and how it ended) must be what the model predicts in one of the possible worlds;
+    /// its commits (from inside the closure, and its own) join that world's serial log.
+    ///
+    /// Not while a client is stopped inside a commit: the transaction's commits could help
+    /// that commit to take effect between two of its reads, which this model does not follow
+    /// (the step is skipped and counted).
+    fn transaction(&mut self, client: usize, kind: TxKind, body: &[TxOp]) -> Result<(), String> {
+        if self.clients.iter().any(|c| c.paused) {
+            self.stats.tx_skipped += 1;
+            return Ok(());
+        }
+        self.expand();
+        let deadline = kind == TxKind::Deadline;
+        let ends: Vec<TxEnd> = self
+            .worlds
+            .iter()
+            .map(|w| simulate_tx(&mut w.model.clone(), body, deadline).end)
+            .collect();
+        let kind = effective_kind(kind, &ends);
+        let deadline = kind == TxKind::Deadline;
+        let actual = run_tx(self.store, &self.live, kind, body)?;
+        let base = self.attempts.len();
+        let step = self.current;
+        let commits: RefCell<Option<Vec<Vec<MVal>>>> = RefCell::new(None);
+        self.observe(
+            &format!("transaction ({kind:?}): (answers, end)"),
+            &actual,
+            |w, _| {
+                let sim = simulate_tx(&mut w.model, body, deadline);
+                w.log.extend(base..base + sim.commits.len());
+                let predicted = (sim.log, sim.end);
+                if predicted == actual {
+                    commits.borrow_mut().get_or_insert(sim.commits);
+                }
+                predicted
+            },
+        )?;
+        for members in commits.into_inner().unwrap_or_default() {
+            self.attempts.push(Attempt {
+                step,
+                client,
+                members,
+            });
+        }
+        let keys: Vec<K> = self.worlds[0].model.keys.keys().copied().collect();
+        self.name(&keys);
+        self.stats.count_tx(&actual.0, &actual.1);
         Ok(())
     }
 
@@ -1456,6 +2189,110 @@ mod self_test {
         // Nobody else wrote, so the paused commit cannot fail.
         let mut run = with_pending_commit(&store);
         assert!(resume(&mut run, false).is_err());
+    }
+
+    /// `ops`: a transaction whose first attempt is broken by a commit from inside the
+    /// closure (between its reads of keys 0 and 1) and runs again; then a dump.
+    const TX_RERUN: &[u8] = &[
+        3, 16, // Tx, atomically, 4 operations:
+        0, 0, //   get(0)
+        9, 0, 7, //   on attempt 1: usevar(0), set(7), commit
+        0, 1, //   get(1): stops attempt 1 (key 0 changed)
+        4, 1, 5,  //   set(1, 5)
+        12, // dump
+    ];
+
+    #[test]
+    fn a_transaction_program_decodes_and_reruns_after_a_conflict() {
+        let ops = decode_ops(TX_RERUN);
+        let body = vec![
+            TxOp::Get {
+                key: 0,
+                swallow: false,
+            },
+            TxOp::Bump { key: 0, value: 7 },
+            TxOp::Get {
+                key: 1,
+                swallow: false,
+            },
+            TxOp::Set {
+                key: 1,
+                value: 5,
+                swallow: false,
+            },
+        ];
+        let tx = Op::Tx {
+            kind: TxKind::Atomically,
+            body: body.clone(),
+        };
+        assert_eq!(ops, vec![tx, Op::Dump]);
+        let stats = run_ops_counting(TX_RERUN);
+        assert_eq!((stats.tx_ok, stats.tx_reruns), (1, 1), "{stats:?}");
+        // The same in `interleave` (2 clients): client 0 runs it (opcode byte = 2 x opcode).
+        let stats = run_interleave(&[0, 6, 16, 0, 0, 9, 0, 7, 0, 1, 4, 1, 5, 24]);
+        assert_eq!((stats.tx_ok, stats.tx_reruns), (1, 1), "{stats:?}");
+
+        let mut model = Model::default();
+        let sim = simulate_tx(&mut model, &body, false);
+        assert_eq!(
+            sim.log,
+            vec![
+                Ans::Attempt(1),
+                Ans::Got(0, None, 0),
+                Ans::Bumped(0, 0, true),
+                Ans::Stopped,
+                Ans::Attempt(2),
+                Ans::Got(0, Some(7), 1),
+                Ans::Got(1, None, 0),
+                Ans::Wrote(1, 0),
+            ]
+        );
+        assert_eq!(sim.end, TxEnd::Ok);
+        assert_eq!(model.dump(), vec![(0, 1, Some(7)), (1, 1, Some(5))]);
+        // Under a deadline already past, the conflict times out instead.
+        let sim = simulate_tx(&mut Model::default(), &body, true);
+        assert_eq!(sim.end, TxEnd::TimedOut);
+    }
+
+    /// `or_else` whose first branch writes key 2 and retries: the second branch reads key 2
+    /// back as never written; then the closure fails with its own error (nothing written).
+    /// And a retry with nothing to wait for, under `atomically`: run with a deadline instead.
+    const TX_OR_ELSE: &[u8] = &[
+        3, 9, // Tx, try_atomically, 2 operations:
+        10, 10, //   or_else(first: 2 operations, second: 1)
+        4, 2, 9, //     first: set(2, 9)
+        7, //     first: retry
+        0, 2, //     second: get(2)
+        8, 3, //   fail with 3
+        3, 8, // Tx, atomically, 2 operations:
+        0, 0, //   get(0)
+        7, //   retry
+    ];
+
+    #[test]
+    fn a_transaction_program_with_or_else_a_user_error_and_a_retry() {
+        let stats = run_ops_counting(TX_OR_ELSE);
+        assert_eq!((stats.tx_failed, stats.tx_timed_out), (1, 1), "{stats:?}");
+        let Op::Tx { body, .. } = &decode_ops(TX_OR_ELSE)[0] else {
+            panic!("a transaction first");
+        };
+        let mut model = Model::default();
+        let sim = simulate_tx(&mut model, body, false);
+        assert_eq!(
+            sim.log,
+            vec![
+                Ans::Attempt(1),
+                Ans::Wrote(2, 0),
+                Ans::Retried,
+                Ans::Got(2, None, 0),
+                Ans::OrElse(true),
+            ]
+        );
+        assert_eq!(sim.end, TxEnd::Failed(3));
+        assert_eq!(model.dump(), vec![(2, 0, None)], "created, not written");
+        // The same in `interleave` (3 clients): clients 2 and 1 run them.
+        let stats = run_interleave(&[1, 11, 9, 10, 10, 4, 2, 9, 7, 0, 2, 8, 3, 10, 8, 0, 0, 7]);
+        assert_eq!((stats.tx_failed, stats.tx_timed_out), (1, 1), "{stats:?}");
     }
 
     #[test]
