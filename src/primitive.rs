@@ -20,8 +20,8 @@ pub(crate) use loom::thread_local;
 #[cfg(not(loom))]
 pub(crate) use std::thread_local;
 
-/// Hands out distinct numbers (slot and store ids). It stays `std` under loom: it is touched
-/// only when a key or store is created, and the models need not interleave it.
+/// Hands out distinct numbers (a store's slot ids). It stays `std` under loom: it is touched
+/// only when a key is created, and the models need not interleave it.
 pub(crate) struct IdCounter(std::sync::atomic::AtomicU64);
 
 impl IdCounter {

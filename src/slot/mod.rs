@@ -57,7 +57,7 @@ pub(crate) struct Record<V> {
 
 /// One key's home. Created once per key and freed with the store.
 pub(crate) struct Slot<K, V> {
-    /// Fixed at creation and unique in the process: the order in which commits claim slots
+    /// Fixed at creation and unique in its store: the order in which commits claim slots
     /// (never the user's `Ord`, which may be broken).
     pub(crate) id: u64,
     pub(crate) key: K,

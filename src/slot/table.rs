@@ -18,12 +18,8 @@ unsafe impl<K: Send + Sync, V: Send + Sync> Send for SlotBox<K, V> {}
 unsafe impl<K: Send + Sync, V: Send + Sync> Sync for SlotBox<K, V> {}
 
 impl<K, V> SlotBox<K, V> {
-    fn new(key: K) -> Self {
-        static IDS: IdCounter = IdCounter::new();
-        Self(NonNull::from(Box::leak(Box::new(Slot::new(
-            IDS.next(),
-            key,
-        )))))
+    fn new(id: u64, key: K) -> Self {
+        Self(NonNull::from(Box::leak(Box::new(Slot::new(id, key)))))
     }
 
     fn get(&self) -> &Slot<K, V> {
@@ -44,6 +40,9 @@ pub(crate) struct Table<K, V, S> {
     /// Counts the keys created, inside the index's lock on the new key's shard: a listing of
     /// the index that starts after reading it holds every key counted so far.
     created: AtomicU64,
+    /// Slot ids: per store (commits claim one store's slots), so that loom models, which make
+    /// a store per execution, see the same ids in every execution.
+    ids: IdCounter,
 }
 
 impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
@@ -51,6 +50,7 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
         Self {
             index: index::Index::with_hasher(hasher),
             created: AtomicU64::new(0),
+            ids: IdCounter::new(),
         }
     }
 
@@ -65,9 +65,10 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
 
     /// The slot of `key`, created if it is new.
     pub(crate) fn get_or_create(&self, key: K) -> &Slot<K, V> {
-        self.index.get_or_insert(SlotBox::new(key), || {
-            self.created.fetch_add(1, SeqCst);
-        })
+        self.index
+            .get_or_insert(SlotBox::new(self.ids.next(), key), || {
+                self.created.fetch_add(1, SeqCst);
+            })
     }
 
     /// How many keys were created so far.
