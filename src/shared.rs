@@ -18,6 +18,7 @@ impl Shared {
         }
     }
 
+    #[inline]
     pub(crate) fn count(&self, count: Count) {
         self.counters.add(count);
     }

@@ -77,6 +77,7 @@ impl Counters {
         }
     }
 
+    #[inline]
     pub(crate) fn add(&self, count: Count) {
         let shard = &self.shards[this_thread() & (self.shards.len() - 1)];
         shard.0[count as usize].fetch_add(1, Relaxed);

@@ -41,6 +41,13 @@ struct Bucket {
     event: Event,
 }
 
+impl Bucket {
+    #[cold]
+    fn wake(&self) {
+        self.event.notify(usize::MAX);
+    }
+}
+
 impl Waiters {
     pub(crate) fn new() -> Self {
         let bucket = || Bucket {
@@ -57,6 +64,7 @@ impl Waiters {
     }
 
     /// Called after a commit that wrote the slots `ids` has landed.
+    #[inline]
     pub(crate) fn committed(&self, ids: impl Iterator<Item = u64>) {
         // SeqCst accesses already order the commit's compare-and-swap before these loads (see
         // the module docs); loom models SeqCst accesses as AcqRel only, and supports SeqCst
@@ -67,7 +75,7 @@ impl Waiters {
         for id in ids {
             let bucket = &self.buckets[Self::bucket(id)];
             if bucket.waiting.load(SeqCst) != 0 {
-                bucket.event.notify(usize::MAX);
+                bucket.wake();
             }
         }
     }
