@@ -1206,9 +1206,26 @@ async fn async_retry_awaits_a_change_from_spawn_blocking() {
 
 /// Four `run_async` waiters on two worker threads, then another task commits their keys
 /// through `run_async`: all four must have reached their first wait (a retry that blocked its
-/// worker would let only two run) and all are woken.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_retry_never_blocks_a_worker_and_wakes_on_another_tasks_commit() {
+/// worker would let only two run) and all are woken. The runtime is built by hand so that a
+/// failure shuts it down in the background: blocked workers would hold a normal shutdown (and
+/// the test) for ever.
+#[test]
+fn async_retry_never_blocks_a_worker_and_wakes_on_another_tasks_commit() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(four_async_waiters_on_two_workers())
+    }));
+    runtime.shutdown_background();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn four_async_waiters_on_two_workers() {
     const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
     let store: Shared = Arc::new(Store::new());
     let (attempt_tx, attempts) = mpsc::channel();
