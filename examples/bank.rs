@@ -27,9 +27,7 @@
 /// The mutex map hashes with the store's own default hasher (foldhash), so the comparison is
 /// of the concurrency schemes, not of the hash functions.
 type HashMap<K, V> = std::collections::HashMap<K, V, stm_store::DefaultHasher>;
-use std::fmt::Display;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::thread;
@@ -37,6 +35,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use stm_store::{Error, Store};
+
+mod common;
+use common::{grouped, number, plural, spread, XorShift};
 
 const START_BALANCE: i64 = 1_000;
 
@@ -401,41 +402,12 @@ fn report(side: &str, runs: &[Run], config: &Config) -> (f64, bool) {
     (median, total.bad_audits == 0 && bad_ends.is_empty())
 }
 
-/// The median, minimum and maximum.
-fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    let median = (values[(n - 1) / 2] + values[n / 2]) / 2.0;
-    (median, values[0], values[n - 1])
-}
-
 fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
         100.0 * part as f64 / whole as f64
     }
-}
-
-/// `n` rounded to a whole number, with thousands separated: `1,234,567`.
-fn grouped(n: impl Display) -> String {
-    let whole = format!("{n:.0}");
-    let (sign, digits) = whole.split_at(usize::from(whole.starts_with('-')));
-    let mut out = sign.to_owned();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-/// `1 auditor`, `2 auditors`.
-fn plural(n: impl Display, word: &str) -> String {
-    let n = n.to_string();
-    let s = if n == "1" { "" } else { "s" };
-    format!("{n} {word}{s}")
 }
 
 fn help() -> String {
@@ -464,41 +436,20 @@ options:
 }
 
 /// The options, or `None` for `--help`. Takes `--name value` and `--name=value`.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut config = Config::default();
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(None);
-        }
-        let (name, mut inline) = match arg.split_once('=') {
-            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
-            None => (arg, None),
-        };
-        let mut value = || {
-            (inline.take())
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--threads" => config.threads = number(&name, &value()?, 1)?,
-            "--auditors" => config.auditors = number(&name, &value()?, 0)?,
-            "--accounts" => config.accounts = number(&name, &value()?, 2)?,
-            "--runs" => config.runs = number(&name, &value()?, 1)?,
+    let run = common::parse_options(args, |name, value| {
+        match name {
+            "--threads" => config.threads = number(name, &value()?, 1)?,
+            "--auditors" => config.auditors = number(name, &value()?, 0)?,
+            "--accounts" => config.accounts = number(name, &value()?, 2)?,
+            "--runs" => config.runs = number(name, &value()?, 1)?,
             "--seconds" => config.seconds = seconds(&value()?)?,
-            _ => return Err(format!("unknown option `{name}`")),
+            _ => return common::unknown(name),
         }
-    }
-    Ok(Some(config))
-}
-
-/// A whole number of at least `min`.
-fn number<T: FromStr + PartialOrd + Display>(name: &str, value: &str, min: T) -> Result<T, String> {
-    match value.parse() {
-        Ok(n) if n >= min => Ok(n),
-        _ => Err(format!(
-            "{name} needs a whole number of at least {min}, not `{value}`"
-        )),
-    }
+        Ok(())
+    })?;
+    Ok(run.then_some(config))
 }
 
 /// A number of seconds above 0.
@@ -508,17 +459,5 @@ fn seconds(value: &str) -> Result<f64, String> {
         _ => Err(format!(
             "--seconds needs a number of seconds above 0 (at most 1e9), not `{value}`"
         )),
-    }
-}
-
-/// A tiny deterministic generator: the example needs speed, not quality.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
     }
 }

@@ -37,13 +37,15 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Display};
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use stm_store::{Store, Tx, TxError};
+
+mod common;
+use common::{grouped, number, plural, XorShift};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Key {
@@ -504,34 +506,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `n` rounded to a whole number, with thousands separated: `1,234,567`.
-fn grouped(n: impl Display) -> String {
-    let whole = format!("{n:.0}");
-    let (sign, digits) = whole.split_at(usize::from(whole.starts_with('-')));
-    let mut out = sign.to_owned();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-/// `1 order`, `2 orders`; `1 pass`, `2 passes`; `1 delivery`, `2 deliveries`.
-fn plural(n: impl Display, word: &str) -> String {
-    let n = n.to_string();
-    if n == "1" {
-        format!("{n} {word}")
-    } else if let Some(stem) = word.strip_suffix('y') {
-        format!("{n} {stem}ies")
-    } else if word.ends_with('s') {
-        format!("{n} {word}es")
-    } else {
-        format!("{n} {word}s")
-    }
-}
-
 fn help() -> String {
     let default = Config::default();
     format!(
@@ -566,52 +540,19 @@ options:
 }
 
 /// The options, or `None` for `--help`. Takes `--name value` and `--name=value`.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut config = Config::default();
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(None);
+    let run = common::parse_options(args, |name, value| {
+        match name {
+            "--workers" => config.workers = number(name, &value()?, 1)?,
+            "--restockers" => config.restockers = number(name, &value()?, 0)?,
+            "--items" => config.items = number(name, &value()?, 1)?,
+            "--stock" => config.stock = number(name, &value()?, 0)?,
+            "--orders" => config.orders = number(name, &value()?, 1)?,
+            "--passes" => config.passes = number(name, &value()?, 1)?,
+            _ => return common::unknown(name),
         }
-        let (name, mut inline) = match arg.split_once('=') {
-            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
-            None => (arg, None),
-        };
-        let mut value = || {
-            (inline.take())
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--workers" => config.workers = number(&name, &value()?, 1)?,
-            "--restockers" => config.restockers = number(&name, &value()?, 0)?,
-            "--items" => config.items = number(&name, &value()?, 1)?,
-            "--stock" => config.stock = number(&name, &value()?, 0)?,
-            "--orders" => config.orders = number(&name, &value()?, 1)?,
-            "--passes" => config.passes = number(&name, &value()?, 1)?,
-            _ => return Err(format!("unknown option `{name}`")),
-        }
-    }
-    Ok(Some(config))
-}
-
-/// A whole number of at least `min`.
-fn number<T: FromStr + PartialOrd + Display>(name: &str, value: &str, min: T) -> Result<T, String> {
-    match value.parse() {
-        Ok(n) if n >= min => Ok(n),
-        _ => Err(format!(
-            "{name} needs a whole number of at least {min}, not `{value}`"
-        )),
-    }
-}
-
-/// A tiny deterministic generator: the example needs speed, not quality.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
+        Ok(())
+    })?;
+    Ok(run.then_some(config))
 }

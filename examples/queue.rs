@@ -40,14 +40,15 @@
 //! with `invariants hold: NO` and exits with 1. A bad option exits with 2.
 
 use std::collections::VecDeque;
-use std::fmt::Display;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::sync::{Barrier, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use stm_store::{Store, Tx, TxError};
+
+mod common;
+use common::{grouped, number, plural, spread};
 
 /// The keys of the queue in the store.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -623,35 +624,6 @@ fn report(side: &str, runs: &[Run], config: &Config, wait: &str) -> f64 {
     median
 }
 
-/// The median, minimum and maximum.
-fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    let median = (values[(n - 1) / 2] + values[n / 2]) / 2.0;
-    (median, values[0], values[n - 1])
-}
-
-/// `n` rounded to a whole number, with thousands separated: `1,234,567`.
-fn grouped(n: impl Display) -> String {
-    let whole = format!("{n:.0}");
-    let (sign, digits) = whole.split_at(usize::from(whole.starts_with('-')));
-    let mut out = sign.to_owned();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-/// `1 producer`, `2 producers`.
-fn plural(n: impl Display, word: &str) -> String {
-    let n = n.to_string();
-    let s = if n == "1" { "" } else { "s" };
-    format!("{n} {word}{s}")
-}
-
 fn help() -> String {
     let default = Config::default();
     format!(
@@ -680,43 +652,22 @@ options:
 }
 
 /// The options, or `None` for `--help`. Takes `--name value` and `--name=value`.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut config = Config::default();
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(None);
+    let run = common::parse_options(args, |name, value| {
+        match name {
+            "--producers" => config.producers = number(name, &value()?, 1)?,
+            "--consumers" => config.consumers = number(name, &value()?, 1)?,
+            "--items" => config.items = number(name, &value()?, 0)?,
+            "--capacity" => config.capacity = number(name, &value()?, 1)?,
+            "--runs" => config.runs = number(name, &value()?, 1)?,
+            _ => return common::unknown(name),
         }
-        let (name, mut inline) = match arg.split_once('=') {
-            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
-            None => (arg, None),
-        };
-        let mut value = || {
-            (inline.take())
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--producers" => config.producers = number(&name, &value()?, 1)?,
-            "--consumers" => config.consumers = number(&name, &value()?, 1)?,
-            "--items" => config.items = number(&name, &value()?, 0)?,
-            "--capacity" => config.capacity = number(&name, &value()?, 1)?,
-            "--runs" => config.runs = number(&name, &value()?, 1)?,
-            _ => return Err(format!("unknown option `{name}`")),
-        }
-    }
+        Ok(())
+    })?;
     // Item numbers are 32 bits per producer (and the pill is all ones).
     if config.producers >= 1 << 31 || config.items / config.producers as u64 >= 1 << 32 {
         return Err("at most 2^32 items per producer".to_owned());
     }
-    Ok(Some(config))
-}
-
-/// A whole number of at least `min`.
-fn number<T: FromStr + PartialOrd + Display>(name: &str, value: &str, min: T) -> Result<T, String> {
-    match value.parse() {
-        Ok(n) if n >= min => Ok(n),
-        _ => Err(format!(
-            "{name} needs a whole number of at least {min}, not `{value}`"
-        )),
-    }
+    Ok(run.then_some(config))
 }
