@@ -274,9 +274,11 @@ fn go_off_call(store: &Store<&'static str, bool>, me: &'static str, other: &'sta
     store.atomically(|tx| {
         let mine = tx.get(&me)?.unwrap();
         let theirs = tx.get(&other)?.unwrap();
-        // Keys nobody writes: a wider window for the other doctor to commit in between.
-        for filler in FILLERS {
-            tx.get(&filler)?;
+        // Some work after the last read: write skew needs the other doctor's commit to land
+        // between this transaction's last read (any earlier, and the next read would see it)
+        // and its commit.
+        for i in 0..20_000u32 {
+            std::hint::black_box(i);
         }
         if mine && theirs {
             tx.set(&me, false)?;
@@ -337,20 +339,21 @@ fn write_skew_is_refused_when_the_other_doctor_commits_in_between() {
 }
 
 /// Write skew hammered: rounds of both doctors trying to go off call at once; after every
-/// round exactly one is off call. The doctors spin on the round number (no barrier: a thread
-/// woken from a barrier's sleep often finishes its whole transaction before the other is
-/// scheduled), so their transactions overlap. A broken round is counted, not asserted at
-/// once, so that no thread is left waiting.
+/// round exactly one is off call. The doctors spin on the round number (a thread woken from a
+/// barrier's sleep often finishes its whole transaction before the other is scheduled) while
+/// the main thread blocks on a channel (so that it leaves both cores to them), and each does
+/// some work between its last read and its commit: their vulnerable windows overlap. A broken
+/// round is counted, not asserted at once, so that no thread is left waiting.
 #[test]
 fn write_skew_never_leaves_nobody_on_call() {
-    const ROUNDS: usize = 300;
+    const ROUNDS: usize = 1_000;
     let store: Store<&'static str, bool> = Store::new();
     let round = AtomicUsize::new(0);
-    let finished = AtomicUsize::new(0);
+    let (done_tx, done) = mpsc::channel();
     let mut broken = Vec::new();
     thread::scope(|s| {
         for (me, other) in [("alice", "bob"), ("bob", "alice")] {
-            let (store, round, finished) = (&store, &round, &finished);
+            let (store, round, done_tx) = (&store, &round, done_tx.clone());
             s.spawn(move || {
                 for r in 1..=ROUNDS {
                     while round.load(SeqCst) < r {
@@ -358,7 +361,7 @@ fn write_skew_never_leaves_nobody_on_call() {
                         thread::yield_now();
                     }
                     go_off_call(store, me, other);
-                    finished.fetch_add(1, SeqCst);
+                    done_tx.send(()).unwrap();
                 }
             });
         }
@@ -368,9 +371,8 @@ fn write_skew_never_leaves_nobody_on_call() {
                 tx.set(&"bob", true)
             });
             round.store(r, SeqCst);
-            while finished.load(SeqCst) < 2 * r {
-                thread::yield_now();
-            }
+            recv(&done, "a doctor's transaction");
+            recv(&done, "the other doctor's transaction");
             let on_call = store.atomically(|tx| Ok((tx.get(&"alice")?, tx.get(&"bob")?)));
             if on_call != (Some(true), Some(false)) && on_call != (Some(false), Some(true)) {
                 broken.push((r, on_call));
