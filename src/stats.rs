@@ -112,6 +112,7 @@ fn shard_count() -> usize {
 }
 
 /// This thread's number, handed out in order of first use.
+#[inline]
 fn this_thread() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local!(static THIS: Cell<usize> = const { Cell::new(usize::MAX) });
