@@ -16,11 +16,11 @@
 mod common;
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{
-    run_threads, Backoff, Counts, Floor, Kv, MutexKv, Ours, Rng, RwLockKv, StmCrate, Stop, Tries,
+    bench_ops, bench_transfer, group, rng, run_threads, Backoff, Counts, Floor, Kv, MutexKv, Ours,
+    RwLockKv, StmCrate, Stop, Tries, BALANCE, OPS,
 };
 use criterion::measurement::WallTime;
 use criterion::{
@@ -28,56 +28,9 @@ use criterion::{
 };
 
 const KEYS: u64 = 1024;
-/// Accounts of the transfer workload.
-const ACCOUNTS: u64 = 64;
 const THREADS: [usize; 4] = [1, 2, 4, 8];
-/// Operations per thread per iteration.
-const OPS: u64 = 5_000;
 /// Keys of the snapshot workload.
 const SNAPSHOT_KEYS: [u64; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
-const BALANCE: u64 = 1_000;
-
-/// A different random stream for every thread of every run.
-fn rng(thread: usize) -> Rng {
-    static RUN: AtomicU64 = AtomicU64::new(0);
-    Rng::new(RUN.fetch_add(1, Ordering::Relaxed) << 8 | thread as u64)
-}
-
-fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
-    let mut group = c.benchmark_group(name);
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-    group
-}
-
-/// Runs `op(kv, rng)` `OPS` times per iteration on each of `threads` threads.
-fn bench_ops<K: Kv>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    label: &str,
-    threads: usize,
-    kv: &K,
-    op: impl Fn(&K, &mut Rng) -> Tries + Sync,
-) {
-    let counts = Counts::default();
-    group.throughput(Throughput::Elements(OPS * threads as u64));
-    group.bench_function(BenchmarkId::new(label, threads), |b| {
-        b.iter_custom(|iters| {
-            run_threads(threads, |thread| {
-                let mut rng = rng(thread);
-                let mut tries = Tries::default();
-                let ops = iters * OPS;
-                for _ in 0..ops {
-                    tries.add(op(kv, &mut rng));
-                }
-                counts.add(ops, tries);
-            })
-        })
-    });
-    counts.print(&format!("{name}/{label}/{threads}"));
-}
 
 // 1. read-mostly ------------------------------------------------------------------------------
 
@@ -108,30 +61,13 @@ fn read_mostly(c: &mut Criterion) {
 
 // 2. transfer ---------------------------------------------------------------------------------
 
-fn transfer_one<K: Kv>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
-    let kv = K::new(ACCOUNTS as usize, BALANCE);
-    bench_ops(group, "transfer", K::NAME, threads, &kv, |kv, rng| {
-        let from = rng.below(ACCOUNTS);
-        let to = (from + 1 + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
-        kv.transfer(from, to, 1, Backoff::Exponential)
-    });
-    let mut total = Vec::new();
-    kv.snapshot(&(0..ACCOUNTS).collect::<Vec<_>>(), &mut total);
-    assert_eq!(
-        total.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
-        ACCOUNTS * BALANCE,
-        "{}: transfers must keep the total",
-        K::NAME
-    );
-}
-
 fn transfer(c: &mut Criterion) {
     let mut group = group(c, "transfer");
     for threads in THREADS {
-        transfer_one::<Ours>(&mut group, threads);
-        transfer_one::<MutexKv>(&mut group, threads);
-        transfer_one::<RwLockKv>(&mut group, threads);
-        transfer_one::<StmCrate>(&mut group, threads);
+        bench_transfer::<Ours>(&mut group, "transfer", Ours::NAME, threads);
+        bench_transfer::<MutexKv>(&mut group, "transfer", MutexKv::NAME, threads);
+        bench_transfer::<RwLockKv>(&mut group, "transfer", RwLockKv::NAME, threads);
+        bench_transfer::<StmCrate>(&mut group, "transfer", StmCrate::NAME, threads);
     }
     group.finish();
 }

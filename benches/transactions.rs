@@ -25,9 +25,8 @@ mod common;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use common::{run_threads, Atomically, Backoff, Counts, Kv, Ours, Rng, StmCrate, Tries};
+use common::{bench_transfer, group, run_threads, Atomically, Counts, Kv, Ours, StmCrate, Tries};
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
@@ -35,12 +34,7 @@ use criterion::{
 use parking_lot::{Condvar, Mutex};
 use stm_store::Store;
 
-/// Accounts of the transfer workload (as in `contention.rs`).
-const ACCOUNTS: u64 = 64;
 const THREADS: [usize; 4] = [1, 2, 4, 8];
-/// Transfers per thread per iteration (as in `contention.rs`).
-const OPS: u64 = 5_000;
-const BALANCE: u64 = 1_000;
 /// Queue capacity.
 const CAPACITY: u64 = 16;
 /// Items each producer pushes (and each consumer pops) per iteration.
@@ -48,59 +42,14 @@ const QUEUE_OPS: u64 = 5_000;
 /// Threads of the queue workload, half producers and half consumers.
 const QUEUE_THREADS: [usize; 3] = [2, 4, 8];
 
-/// A different random stream for every thread of every run.
-fn rng(thread: usize) -> Rng {
-    static RUN: AtomicU64 = AtomicU64::new(0);
-    Rng::new(RUN.fetch_add(1, Ordering::Relaxed) << 8 | thread as u64)
-}
-
-fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
-    let mut group = c.benchmark_group(name);
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-    group
-}
-
 // 7. transfer ---------------------------------------------------------------------------------
-
-/// `OPS` transfers per thread per iteration on `threads` threads, labelled `label`.
-fn transfer_one<K: Kv>(group: &mut BenchmarkGroup<'_, WallTime>, label: &str, threads: usize) {
-    let kv = K::new(ACCOUNTS as usize, BALANCE);
-    let counts = Counts::default();
-    group.throughput(Throughput::Elements(OPS * threads as u64));
-    group.bench_function(BenchmarkId::new(label, threads), |b| {
-        b.iter_custom(|iters| {
-            run_threads(threads, |thread| {
-                let mut rng = rng(thread);
-                let mut tries = Tries::default();
-                let ops = iters * OPS;
-                for _ in 0..ops {
-                    let from = rng.below(ACCOUNTS);
-                    let to = (from + 1 + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
-                    tries.add(kv.transfer(from, to, 1, Backoff::Exponential));
-                }
-                counts.add(ops, tries);
-            })
-        })
-    });
-    counts.print(&format!("tx_transfer/{label}/{threads}"));
-    let mut total = Vec::new();
-    kv.snapshot(&(0..ACCOUNTS).collect::<Vec<_>>(), &mut total);
-    assert_eq!(
-        total.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
-        ACCOUNTS * BALANCE,
-        "{label}: transfers must keep the total"
-    );
-}
 
 fn tx_transfer(c: &mut Criterion) {
     let mut group = group(c, "tx_transfer");
     for threads in THREADS {
-        transfer_one::<Atomically>(&mut group, "atomically", threads);
-        transfer_one::<Ours>(&mut group, "using-commit", threads);
-        transfer_one::<StmCrate>(&mut group, "stm-crate", threads);
+        bench_transfer::<Atomically>(&mut group, "tx_transfer", "atomically", threads);
+        bench_transfer::<Ours>(&mut group, "tx_transfer", "using-commit", threads);
+        bench_transfer::<StmCrate>(&mut group, "tx_transfer", "stm-crate", threads);
     }
     group.finish();
 }

@@ -686,6 +686,20 @@ pub fn config() -> criterion::Criterion {
     criterion::Criterion::default().without_plots()
 }
 
+/// A benchmark group with the multi-threaded benchmarks' settings: 10 samples, 0.5 s warm-up,
+/// 2 s measurement.
+pub fn group<'a>(
+    c: &'a mut criterion::Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    group
+}
+
 /// Whether criterion runs in test mode (`cargo test --benches`, `cargo bench -- --test`): then
 /// every benchmark runs once, and the benchmarks keep their setup small.
 pub fn test_mode() -> bool {
@@ -720,6 +734,12 @@ impl Rng {
     }
 }
 
+/// A different random stream for every thread of every run.
+pub fn rng(thread: usize) -> Rng {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    Rng::new(RUN.fetch_add(1, Ordering::Relaxed) << 8 | thread as u64)
+}
+
 /// Runs `work(thread index)` on `threads` threads started together on a barrier, and returns
 /// the wall time from the start to the last thread's end.
 pub fn run_threads<F>(threads: usize, work: F) -> Duration
@@ -744,6 +764,67 @@ where
         }
         start.elapsed()
     })
+}
+
+/// Operations per thread per iteration of the multi-threaded workloads (`contention.rs`,
+/// `transactions.rs`).
+pub const OPS: u64 = 5_000;
+
+/// Accounts of the `transfer` workload.
+pub const ACCOUNTS: u64 = 64;
+/// What every account (and every key of the `snapshot` workload) starts with.
+pub const BALANCE: u64 = 1_000;
+
+/// The `transfer` workload (`contention.rs`, `transactions.rs`): [`OPS`] transfers of 1 per
+/// thread per iteration between two distinct random accounts of [`ACCOUNTS`], on `threads`
+/// threads, as `label` in group `name`; then checks that the total is unchanged.
+pub fn bench_transfer<K: Kv>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    label: &str,
+    threads: usize,
+) {
+    let kv = K::new(ACCOUNTS as usize, BALANCE);
+    bench_ops(group, name, label, threads, &kv, |kv, rng| {
+        let from = rng.below(ACCOUNTS);
+        let to = (from + 1 + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
+        kv.transfer(from, to, 1, Backoff::Exponential)
+    });
+    let mut total = Vec::new();
+    kv.snapshot(&(0..ACCOUNTS).collect::<Vec<_>>(), &mut total);
+    assert_eq!(
+        total.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
+        ACCOUNTS * BALANCE,
+        "{label}: transfers must keep the total"
+    );
+}
+
+/// Runs `op(kv, rng)` [`OPS`] times per iteration on each of `threads` threads (each with its
+/// own [`rng`]), and prints the attempt counts as `name/label/threads`.
+pub fn bench_ops<K: Kv>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    label: &str,
+    threads: usize,
+    kv: &K,
+    op: impl Fn(&K, &mut Rng) -> Tries + Sync,
+) {
+    let counts = Counts::default();
+    group.throughput(criterion::Throughput::Elements(OPS * threads as u64));
+    group.bench_function(criterion::BenchmarkId::new(label, threads), |b| {
+        b.iter_custom(|iters| {
+            run_threads(threads, |thread| {
+                let mut rng = rng(thread);
+                let mut tries = Tries::default();
+                let ops = iters * OPS;
+                for _ in 0..ops {
+                    tries.add(op(kv, &mut rng));
+                }
+                counts.add(ops, tries);
+            })
+        })
+    });
+    counts.print(&format!("{name}/{label}/{threads}"));
 }
 
 /// Attempt counts summed over every run of one benchmark (warm-up included), printed once.

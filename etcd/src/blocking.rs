@@ -21,7 +21,6 @@
 //! # Ok::<(), stm_store_etcd::Error>(())
 //! ```
 
-use std::borrow::Borrow;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -30,7 +29,8 @@ use tokio::runtime::Runtime;
 
 use crate::codec::KeyCodec;
 use crate::error::Error;
-use crate::handle::{Attempt, Handle};
+use crate::handle::{collection_api, Attempt};
+use crate::store::endpoint_names;
 use crate::Options;
 
 /// Panics if called from inside a Tokio runtime (see the [module docs](self)).
@@ -104,11 +104,7 @@ impl<K, V> EtcdStore<K, V> {
             .enable_all()
             .build()
             .map_err(|e| Error::Connect {
-                endpoints: endpoints
-                    .as_ref()
-                    .iter()
-                    .map(|e| e.as_ref().to_string())
-                    .collect(),
+                endpoints: endpoint_names(endpoints.as_ref()),
                 reason: format!("cannot start the client's runtime: {e}"),
             })?;
         let inner = runtime.block_on(crate::EtcdStore::connect_with(endpoints, prefix, options))?;
@@ -138,9 +134,8 @@ where
     #[track_caller]
     pub fn usevar(&self, key: K) -> Result<Value<'_, K, V>, Error> {
         outside_runtime("EtcdStore::usevar");
-        let mut handles = self.runtime.block_on(self.inner.read(vec![key]))?;
-        let handle = handles.pop().expect("one key read");
-        Ok(Value::new(self, handle))
+        let inner = self.runtime.block_on(self.inner.usevar(key))?;
+        Ok(Value { store: self, inner })
     }
 
     /// Reads several keys at one revision: see [`crate::EtcdStore::using`].
@@ -160,7 +155,13 @@ where
             .block_on(self.inner.read(keys.into_iter().collect()))?;
         Ok(Collection {
             store: self,
-            values: handles.into_iter().map(|h| Value::new(self, h)).collect(),
+            values: handles
+                .into_iter()
+                .map(|h| Value {
+                    store: self,
+                    inner: crate::Value::new(&self.inner, h),
+                })
+                .collect(),
             doubt: None,
         })
     }
@@ -220,48 +221,38 @@ where
 /// [`crate::Value`] for synchronous callers.
 pub struct Value<'s, K, V> {
     store: &'s EtcdStore<K, V>,
-    handle: Handle<K, V>,
-    doubt: Option<Attempt>,
+    inner: crate::Value<'s, K, V>,
 }
 
-impl<'s, K, V> Value<'s, K, V> {
-    fn new(store: &'s EtcdStore<K, V>, handle: Handle<K, V>) -> Self {
-        Self {
-            store,
-            handle,
-            doubt: None,
-        }
-    }
-
-    /// The key.
+impl<K, V> Value<'_, K, V> {
+    /// See [`crate::Value::key`].
     pub fn key(&self) -> &K {
-        &self.handle.key
+        self.inner.key()
     }
 
-    /// The version read (0 for a key never written), or the version last committed.
+    /// See [`crate::Value::version`].
     pub fn version(&self) -> u64 {
-        self.handle.version
+        self.inner.version()
     }
 
-    /// The pending value after `set`/`clear`; otherwise the value read.
+    /// See [`crate::Value::value`].
     pub fn value(&self) -> Option<&V> {
-        self.handle.value()
+        self.inner.value()
     }
 
-    /// Sets the value to write at the next commit.
+    /// See [`crate::Value::set`].
     pub fn set(&mut self, value: V) {
-        self.handle.pending = Some(Some(value));
+        self.inner.set(value);
     }
 
-    /// Sets "no value" as the value to write at the next commit (a write).
+    /// See [`crate::Value::clear`].
     pub fn clear(&mut self) {
-        self.handle.pending = Some(None);
+        self.inner.clear();
     }
 
-    /// Whether an earlier commit answered [`Error::OutcomeUnknown`] and is still to be
-    /// resolved by committing again.
+    /// See [`crate::Value::in_doubt`].
     pub fn in_doubt(&self) -> bool {
-        self.doubt.is_some()
+        self.inner.in_doubt()
     }
 
     /// Commits this handle: see [`crate::Value::commit`].
@@ -280,23 +271,13 @@ impl<'s, K, V> Value<'s, K, V> {
         V: Serialize + DeserializeOwned,
     {
         outside_runtime("Value::commit");
-        let store = self.store;
-        store.runtime.block_on(
-            store
-                .inner
-                .commit_handles(&mut [&mut self.handle], &mut self.doubt),
-        )
+        self.store.runtime.block_on(self.inner.commit())
     }
 }
 
 impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Value<'_, K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Value")
-            .field("key", &self.handle.key)
-            .field("version", &self.handle.version)
-            .field("value", &self.handle.value)
-            .field("pending", &self.handle.pending)
-            .finish()
+        self.inner.fmt(f)
     }
 }
 
@@ -307,58 +288,9 @@ pub struct Collection<'s, K, V> {
     doubt: Option<Attempt>,
 }
 
-impl<'s, K, V> Collection<'s, K, V> {
+impl<K, V> Collection<'_, K, V> {
     fn all_from(&self, store: &EtcdStore<K, V>) -> bool {
         std::ptr::eq(self.store, store) && self.values.iter().all(|v| std::ptr::eq(v.store, store))
-    }
-
-    /// The handle of `key`, if the collection has it.
-    pub fn get<Q>(&self, key: &Q) -> Option<&Value<'s, K, V>>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.position(key).map(|at| &self.values[at])
-    }
-
-    /// The handle of `key`, mutably, if the collection has it.
-    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut Value<'s, K, V>>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.position(key).map(|at| &mut self.values[at])
-    }
-
-    /// The number of distinct keys.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Whether the collection has no keys.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
-    /// The keys, in key order.
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.values.iter().map(Value::key)
-    }
-
-    /// The keys and their handles, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &Value<'s, K, V>)> {
-        self.values.iter().map(|value| (value.key(), value))
-    }
-
-    /// The handles, mutably, in key order.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Value<'s, K, V>> {
-        self.values.iter_mut()
-    }
-
-    /// Whether an earlier commit answered [`Error::OutcomeUnknown`] and is still to be
-    /// resolved by committing again.
-    pub fn in_doubt(&self) -> bool {
-        self.doubt.is_some()
     }
 
     /// Commits every handle in one etcd transaction: see [`crate::Collection::commit`].
@@ -377,57 +309,12 @@ impl<'s, K, V> Collection<'s, K, V> {
         V: Serialize + DeserializeOwned,
     {
         outside_runtime("Collection::commit");
-        assert!(
-            self.all_from(self.store),
-            "Collection::commit: this collection holds handles of different stores (moved in with std::mem::swap); commit each store's handles separately"
-        );
         let store = self.store;
-        let mut handles: Vec<&mut Handle<K, V>> =
-            self.values.iter_mut().map(|v| &mut v.handle).collect();
+        let (mut handles, doubt) = self.commit_parts();
         store
             .runtime
-            .block_on(store.inner.commit_handles(&mut handles, &mut self.doubt))
-    }
-
-    fn position<Q>(&self, key: &Q) -> Option<usize>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.values
-            .binary_search_by(|value| value.key().borrow().cmp(key))
-            .ok()
+            .block_on(store.inner.commit_handles(&mut handles, doubt))
     }
 }
 
-impl<'s, K, V, Q> std::ops::Index<&Q> for Collection<'s, K, V>
-where
-    K: Borrow<Q>,
-    Q: Ord + ?Sized,
-{
-    type Output = Value<'s, K, V>;
-
-    #[track_caller]
-    fn index(&self, key: &Q) -> &Self::Output {
-        self.get(key)
-            .expect("Collection: no such key in this collection")
-    }
-}
-
-impl<K, V, Q> std::ops::IndexMut<&Q> for Collection<'_, K, V>
-where
-    K: Borrow<Q>,
-    Q: Ord + ?Sized,
-{
-    #[track_caller]
-    fn index_mut(&mut self, key: &Q) -> &mut Self::Output {
-        self.get_mut(key)
-            .expect("Collection: no such key in this collection")
-    }
-}
-
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Collection<'_, K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(&self.values).finish()
-    }
-}
+collection_api!(Collection, Value, inner.handle);

@@ -1,6 +1,5 @@
 //! Handles: a key's version and value as read, and its pending write.
 
-use std::borrow::Borrow;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -9,6 +8,131 @@ use serde::Serialize;
 use crate::codec::KeyCodec;
 use crate::error::Error;
 use crate::store::EtcdStore;
+
+/// What the async and the blocking collection share: key lookup, iteration, indexing,
+/// `in_doubt`, `Debug`, and the check and gathering before a commit. `$collection` has
+/// `store`, `values: Vec<$value>` in key order (each with `key()`, and its [`Handle`] at
+/// `.$handle`), `doubt: Option<Attempt>` and `all_from(store)`.
+macro_rules! collection_api {
+    ($collection:ident, $value:ident, $($handle:ident).+) => {
+        impl<'s, K, V> $collection<'s, K, V> {
+            /// The handle of `key`, if the collection has it.
+            pub fn get<Q>(&self, key: &Q) -> Option<&$value<'s, K, V>>
+            where
+                K: ::std::borrow::Borrow<Q>,
+                Q: Ord + ?Sized,
+            {
+                self.position(key).map(|at| &self.values[at])
+            }
+
+            /// The handle of `key`, mutably, if the collection has it.
+            pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut $value<'s, K, V>>
+            where
+                K: ::std::borrow::Borrow<Q>,
+                Q: Ord + ?Sized,
+            {
+                self.position(key).map(|at| &mut self.values[at])
+            }
+
+            /// The number of distinct keys.
+            pub fn len(&self) -> usize {
+                self.values.len()
+            }
+
+            /// Whether the collection has no keys.
+            pub fn is_empty(&self) -> bool {
+                self.values.is_empty()
+            }
+
+            /// The keys, in key order.
+            pub fn keys(&self) -> impl Iterator<Item = &K> {
+                self.values.iter().map($value::key)
+            }
+
+            /// The keys and their handles, in key order.
+            pub fn iter(&self) -> impl Iterator<Item = (&K, &$value<'s, K, V>)> {
+                self.values.iter().map(|value| (value.key(), value))
+            }
+
+            /// The handles, mutably, in key order.
+            pub fn values_mut(&mut self) -> impl Iterator<Item = &mut $value<'s, K, V>> {
+                self.values.iter_mut()
+            }
+
+            /// Whether an earlier commit answered [`Error::OutcomeUnknown`] and is still to be
+            /// resolved by committing again.
+            pub fn in_doubt(&self) -> bool {
+                self.doubt.is_some()
+            }
+
+            /// What a commit sends: every handle, and the commit in doubt.
+            ///
+            /// # Panics
+            ///
+            /// If the collection holds handles of another store.
+            #[track_caller]
+            fn commit_parts(
+                &mut self,
+            ) -> (
+                Vec<&mut $crate::handle::Handle<K, V>>,
+                &mut Option<$crate::handle::Attempt>,
+            ) {
+                assert!(
+                    self.all_from(self.store),
+                    "Collection::commit: this collection holds handles of different stores (moved in with std::mem::swap); commit each store's handles separately"
+                );
+                let handles = self.values.iter_mut().map(|v| &mut v.$($handle).+).collect();
+                (handles, &mut self.doubt)
+            }
+
+            /// Where `key` is in `values` (a binary search: they are in key order).
+            fn position<Q>(&self, key: &Q) -> Option<usize>
+            where
+                K: ::std::borrow::Borrow<Q>,
+                Q: Ord + ?Sized,
+            {
+                self.values
+                    .binary_search_by(|value| value.key().borrow().cmp(key))
+                    .ok()
+            }
+        }
+
+        impl<'s, K, V, Q> ::std::ops::Index<&Q> for $collection<'s, K, V>
+        where
+            K: ::std::borrow::Borrow<Q>,
+            Q: Ord + ?Sized,
+        {
+            type Output = $value<'s, K, V>;
+
+            #[track_caller]
+            fn index(&self, key: &Q) -> &Self::Output {
+                self.get(key)
+                    .expect("Collection: no such key in this collection")
+            }
+        }
+
+        impl<K, V, Q> ::std::ops::IndexMut<&Q> for $collection<'_, K, V>
+        where
+            K: ::std::borrow::Borrow<Q>,
+            Q: Ord + ?Sized,
+        {
+            #[track_caller]
+            fn index_mut(&mut self, key: &Q) -> &mut Self::Output {
+                self.get_mut(key)
+                    .expect("Collection: no such key in this collection")
+            }
+        }
+
+        impl<K: ::std::fmt::Debug, V: ::std::fmt::Debug> ::std::fmt::Debug
+            for $collection<'_, K, V>
+        {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_list().entries(&self.values).finish()
+            }
+        }
+    };
+}
+pub(crate) use collection_api;
 
 /// What a handle knows, shared by the async and the blocking handles.
 pub(crate) struct Handle<K, V> {
@@ -175,55 +299,6 @@ impl<'s, K, V> Collection<'s, K, V> {
         std::ptr::eq(self.store, store) && self.values.iter().all(|v| std::ptr::eq(v.store, store))
     }
 
-    /// The handle of `key`, if the collection has it.
-    pub fn get<Q>(&self, key: &Q) -> Option<&Value<'s, K, V>>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.position(key).map(|at| &self.values[at])
-    }
-
-    /// The handle of `key`, mutably, if the collection has it.
-    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut Value<'s, K, V>>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.position(key).map(|at| &mut self.values[at])
-    }
-
-    /// The number of distinct keys.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Whether the collection has no keys.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
-    /// The keys, in key order.
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.values.iter().map(Value::key)
-    }
-
-    /// The keys and their handles, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &Value<'s, K, V>)> {
-        self.values.iter().map(|value| (value.key(), value))
-    }
-
-    /// The handles, mutably, in key order.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Value<'s, K, V>> {
-        self.values.iter_mut()
-    }
-
-    /// Whether an earlier commit answered [`Error::OutcomeUnknown`] and is still to be
-    /// resolved by committing again.
-    pub fn in_doubt(&self) -> bool {
-        self.doubt.is_some()
-    }
-
     /// Commits every handle in one etcd transaction: the ones that were set or cleared are
     /// written (version = read version + 1), all of them are compared (read-only keys too:
     /// no write skew). An empty collection commits without asking etcd.
@@ -241,56 +316,10 @@ impl<'s, K, V> Collection<'s, K, V> {
         K: KeyCodec + Ord,
         V: Serialize + DeserializeOwned,
     {
-        assert!(
-            self.all_from(self.store),
-            "Collection::commit: this collection holds handles of different stores (moved in with std::mem::swap); commit each store's handles separately"
-        );
-        let mut handles: Vec<&mut Handle<K, V>> =
-            self.values.iter_mut().map(|v| &mut v.handle).collect();
-        self.store
-            .commit_handles(&mut handles, &mut self.doubt)
-            .await
-    }
-
-    fn position<Q>(&self, key: &Q) -> Option<usize>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.values
-            .binary_search_by(|value| value.key().borrow().cmp(key))
-            .ok()
+        let store = self.store;
+        let (mut handles, doubt) = self.commit_parts();
+        store.commit_handles(&mut handles, doubt).await
     }
 }
 
-impl<'s, K, V, Q> std::ops::Index<&Q> for Collection<'s, K, V>
-where
-    K: Borrow<Q>,
-    Q: Ord + ?Sized,
-{
-    type Output = Value<'s, K, V>;
-
-    #[track_caller]
-    fn index(&self, key: &Q) -> &Self::Output {
-        self.get(key)
-            .expect("Collection: no such key in this collection")
-    }
-}
-
-impl<K, V, Q> std::ops::IndexMut<&Q> for Collection<'_, K, V>
-where
-    K: Borrow<Q>,
-    Q: Ord + ?Sized,
-{
-    #[track_caller]
-    fn index_mut(&mut self, key: &Q) -> &mut Self::Output {
-        self.get_mut(key)
-            .expect("Collection: no such key in this collection")
-    }
-}
-
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Collection<'_, K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(&self.values).finish()
-    }
-}
+collection_api!(Collection, Value, handle);

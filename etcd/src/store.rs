@@ -257,11 +257,7 @@ impl<K, V> EtcdStore<K, V> {
         E: AsRef<str>,
         S: AsRef<[E]>,
     {
-        let names: Vec<String> = endpoints
-            .as_ref()
-            .iter()
-            .map(|e| e.as_ref().to_string())
-            .collect();
+        let names = endpoint_names(endpoints.as_ref());
         let fail = |reason: String| Error::Connect {
             endpoints: names.clone(),
             reason,
@@ -407,6 +403,11 @@ impl<K, V> EtcdStore<K, V> {
         })?;
         Ok([&self.keys[..], &bytes[..]].concat())
     }
+}
+
+/// The endpoints as given, for [`Error::Connect`].
+pub(crate) fn endpoint_names<E: AsRef<str>>(endpoints: &[E]) -> Vec<String> {
+    endpoints.iter().map(|e| e.as_ref().to_string()).collect()
 }
 
 /// The first key-value of each range response, in order.
