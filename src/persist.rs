@@ -22,6 +22,9 @@ where
             if version == 0 && value.is_some() {
                 return Err(RestoreError::ValueAtVersionZero);
             }
+            if version > MAX_VERSION {
+                return Err(RestoreError::VersionTooLarge);
+            }
             if self.contains_key(&key) {
                 return Err(RestoreError::DuplicateKey);
             }
@@ -43,7 +46,13 @@ where
 pub(crate) enum RestoreError {
     DuplicateKey,
     ValueAtVersionZero,
+    VersionTooLarge,
 }
+
+/// The largest version a snapshot may hold: commits add one to it, and no store commits a key
+/// 2^63 times, so a larger one is not a real snapshot (and could overflow).
+#[cfg(feature = "serde")]
+const MAX_VERSION: u64 = u64::MAX >> 1;
 
 #[cfg(feature = "serde")]
 impl std::fmt::Display for RestoreError {
@@ -51,6 +60,7 @@ impl std::fmt::Display for RestoreError {
         f.write_str(match self {
             Self::DuplicateKey => "a key appears twice in the snapshot",
             Self::ValueAtVersionZero => "a key has a value at version 0 (never written)",
+            Self::VersionTooLarge => "a key's version is above 2^63 - 1, which no commit reaches",
         })
     }
 }

@@ -27,16 +27,18 @@ use std::sync::OnceLock;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Commits that landed (handles and transactions; a commit that only validated included).
+    /// Commits that landed (handles and transactions; a commit that only validated included;
+    /// not the commit of an empty collection, which touches no store).
     pub commits: u64,
-    /// Commits that failed with [`Error::ConcurrentUpdate`](crate::Error::ConcurrentUpdate),
-    /// transactions' included (each is followed by another run of the closure).
+    /// Commits that failed with [`Error::ConcurrentUpdate`](crate::Error::ConcurrentUpdate)
+    /// (transactions' included), and transaction runs stopped by a read that found a key read
+    /// earlier changed: each of those is followed by another run of the closure.
     pub conflicts: u64,
     /// Calls that answered [`Error::BusyRetry`](crate::Error::BusyRetry): this implementation
     /// never does.
     pub busy_retries: u64,
-    /// Multi-key commits that another thread, blocked by them, decided (it found them stopped
-    /// or slow, and finished them).
+    /// Multi-key commits that another thread, blocked by them, committed on their behalf (it
+    /// found them stopped or slow, and finished them).
     pub helped: u64,
     /// Snapshots (`using`, `dump`) that kept meeting commits and fell back to claiming their
     /// keys.

@@ -298,7 +298,10 @@ where
         drop(running);
         match (self.stop, result) {
             (Some(Stop::Retry), _) => Attempt::Retry,
-            (Some(_), _) => Attempt::Conflict,
+            (Some(_), _) => {
+                self.store.shared().count(Count::Conflict); // a read found an earlier one stale
+                Attempt::Conflict
+            }
             (None, Err(error)) => Attempt::Done(Err(error)), // nothing written
             (None, Ok(value)) => match self.commit() {
                 Ok(()) => Attempt::Done(Ok(value)),

@@ -117,6 +117,9 @@ mod serde_snapshots {
         let zero = r#"[["a", 0, 5]]"#;
         let err = serde_json::from_str::<Store<String, u32>>(zero).unwrap_err();
         assert!(err.to_string().contains("version 0"), "{err}");
+        let too_new = format!(r#"[["a", {}, 5]]"#, u64::MAX);
+        let err = serde_json::from_str::<Store<String, u32>>(&too_new).unwrap_err();
+        assert!(err.to_string().contains("above 2^63"), "{err}");
         let not_rows = r#"{"a": 1}"#;
         assert!(serde_json::from_str::<Store<String, u32>>(not_rows).is_err());
     }
@@ -171,6 +174,30 @@ mod statistics {
         assert_eq!(store.stats().helped, 1);
         paused.resume().unwrap();
         assert_eq!(store.stats().helped, 1); // its owner only reports the outcome
+    }
+
+    #[test]
+    fn a_run_stopped_by_a_stale_read_counts_as_a_conflict() {
+        let store: Store<&str, i32> = Store::new();
+        store.atomically(|tx| {
+            tx.set(&"a", 1)?;
+            tx.set(&"b", 2)
+        });
+        let sum = store.atomically(|tx| {
+            let a = tx.get(&"a")?.unwrap();
+            if tx.attempt() == 1 {
+                let mut other = store.usevar("a").unwrap(); // another writer, between two reads
+                other.set(10);
+                other.commit().unwrap();
+            }
+            Ok(a + tx.get(&"b")?.unwrap()) // the first run stops here
+        });
+        assert_eq!(sum, 12);
+        let stats = store.stats();
+        assert_eq!(
+            (stats.tx_attempts, stats.conflicts, stats.commits),
+            (3, 1, 3)
+        );
     }
 
     #[test]
