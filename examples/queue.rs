@@ -524,16 +524,9 @@ fn check(run: &Run, config: &Config) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(config)) => config,
-        Ok(None) => {
-            print!("{}", help());
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("error: {message}\n{USAGE}\n(--help lists every option with its default)");
-            return ExitCode::from(2);
-        }
+    let config = match common::options_or_exit(parse_args(std::env::args().skip(1)), help, USAGE) {
+        Ok(config) => config,
+        Err(exit) => return exit,
     };
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     println!(

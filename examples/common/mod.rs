@@ -95,3 +95,23 @@ impl XorShift {
         self.0 % bound
     }
 }
+
+/// The parsed options; or, after printing the help (`--help`, exit 0) or the error (exit 2),
+/// the exit code to return.
+pub fn options_or_exit<C>(
+    parsed: Result<Option<C>, String>,
+    help: impl FnOnce() -> String,
+    usage: &str,
+) -> Result<C, std::process::ExitCode> {
+    match parsed {
+        Ok(Some(config)) => Ok(config),
+        Ok(None) => {
+            print!("{}", help());
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(message) => {
+            eprintln!("error: {message}\n{usage}\n(--help lists every option with its default)");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
