@@ -19,7 +19,7 @@ pub type DefaultHasher = foldhash::fast::RandomState;
 /// One row of [`Store::dump`]: key, version, value.
 type Row<K, V> = (K, u64, Option<V>);
 
-/// A slot and the record `dump` read there.
+/// A slot and the record a snapshot (`dump`, `snapshot`) read there.
 pub(crate) type Found<'s, 'g, K, V> = (&'s Slot<K, V>, Option<&'g Record<V>>);
 
 impl<'g, K, V> snapshot::Read<'g, K, V> for Found<'_, 'g, K, V> {
@@ -61,7 +61,8 @@ pub struct Store<K, V, S = DefaultHasher> {
     /// What handles and transactions reach besides the slots: waiters, counters.
     shared: Shared,
     table: Table<K, V, S>,
-    /// Each `dump` asks the threads that create keys for help here (see `dump_with_help`).
+    /// Each whole-store snapshot (`dump`, `snapshot`) asks the threads that create keys for help
+    /// here (see `snapshot_with_help`).
     dumps: Shelf<DumpRequest<K, V>>,
 }
 
