@@ -375,8 +375,9 @@ where
     /// Calls `f` with a consistent snapshot of the whole store: every key with its version and
     /// value, as they all were at one instant, in key order. Unlike [`dump`](Store::dump), it
     /// borrows the values instead of cloning them (replaced values are not freed until `f`
-    /// returns, so keep `f` short). Threads that keep creating keys cannot starve it: then it
-    /// takes its snapshot as `dump` does, with their help (and copies the values).
+    /// returns, so keep `f` short). Threads that keep creating keys cannot starve it: as `dump`
+    /// does, it asks them to help, and if one of their snapshots lands first, the values are
+    /// copies from it.
     ///
     /// ```
     /// let store: stm_store::Store<&str, String> =

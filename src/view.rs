@@ -15,7 +15,8 @@ pub struct Snapshot<'a, K, V> {
 enum Rows<'a, K, V> {
     /// The records read, borrowed (the caller's pin keeps them alive).
     Read(Vec<Found<'a, 'a, K, V>>),
-    /// Copies, when keys kept being created and a `dump` took the snapshot instead.
+    /// Copies, when a key creator's whole-store snapshot (taken on this one's behalf) landed
+    /// first.
     Copied(Vec<(K, u64, Option<V>)>),
 }
 
