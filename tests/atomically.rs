@@ -65,6 +65,14 @@ fn wait_until_asleep(tid: Option<u32>) {
     }
 }
 
+/// Inside a closure: says that it reached this point, then waits until the test lets it go. A
+/// later attempt that stops here by mistake (a broken count) must not hang: the test drops its
+/// sender once done.
+fn pause_here(reached: &mpsc::Sender<()>, go: &mpsc::Receiver<()>) {
+    reached.send(()).unwrap();
+    let _ = go.recv();
+}
+
 /// Receives one message, failing the test (instead of hanging) if none comes within the
 /// liveness bound.
 #[track_caller]
@@ -308,10 +316,7 @@ fn write_skew_is_refused_when_the_other_doctor_commits_in_between() {
                 let mine = tx.get(&"alice")?.unwrap();
                 let theirs = tx.get(&"bob")?.unwrap();
                 if tx.attempt() == 1 {
-                    read_tx.send(()).unwrap();
-                    // A later attempt that stops here too (a broken count) must not hang: main has
-                    // dropped its sender by then.
-                    let _ = go_rx.recv();
+                    pause_here(&read_tx, &go_rx);
                 }
                 if mine && theirs {
                     tx.set(&"alice", false)?;
@@ -507,10 +512,7 @@ fn opacity_a_read_after_a_concurrent_commit_stops_the_attempt() {
                 store.atomically(|tx| {
                     let x = tx.get(&"x")?.unwrap();
                     if tx.attempt() == 1 {
-                        read_tx.send(()).unwrap();
-                        // A later attempt that stops here too (a broken count) must not hang: main has
-                        // dropped its sender by then.
-                        let _ = go_rx.recv();
+                        pause_here(&read_tx, &go_rx);
                     }
                     let y = tx.get(&"y")?.unwrap();
                     assert_eq!(
@@ -1045,10 +1047,7 @@ fn a_swallowed_conflict_still_reruns_the_attempt() {
             store.atomically(|tx| {
                 let x = tx.get(&"x")?.unwrap();
                 if tx.attempt() == 1 {
-                    read_tx.send(()).unwrap();
-                    // A later attempt that stops here too (a broken count) must not hang: main has
-                    // dropped its sender by then.
-                    let _ = go_rx.recv();
+                    pause_here(&read_tx, &go_rx);
                 }
                 // Swallowed: a wrong y on a conflict, and a write that fails silently.
                 let y = tx.get(&"y").unwrap_or(Some(1_000)).unwrap();
@@ -1136,10 +1135,7 @@ fn attempt_counts_runs_after_forced_conflicts() {
                         seen.lock().unwrap().push(tx.attempt());
                         tx.get(&"x")?;
                         if tx.attempt() < 3 {
-                            read_tx.send(()).unwrap();
-                            // A later attempt that stops here too (a broken count) must not hang: main has
-                            // dropped its sender by then.
-                            let _ = go_rx.recv();
+                            pause_here(&read_tx, &go_rx);
                         }
                         tx.get(&"y")?;
                         tx.set(&"done", 1)?;
