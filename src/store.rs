@@ -504,19 +504,24 @@ where
     }
 
     fn slot(&self, key: K) -> &Slot<K, V> {
-        if let Some(slot) = self.table.get(&key) {
-            return slot;
+        match self.table.get(&key) {
+            Some(slot) => slot,
+            None => self.create(key),
         }
-        self.help_dump();
-        self.table.get_or_create(key)
     }
 
     /// The slot of `key`, created (from a clone of the key) if it is new.
     pub(crate) fn slot_of(&self, key: &K) -> &Slot<K, V> {
         match self.table.get(key) {
             Some(slot) => slot,
-            None => self.slot(key.clone()),
+            None => self.create(key.clone()),
         }
+    }
+
+    /// The slot of a key not found a moment ago: serves a pending snapshot request first.
+    fn create(&self, key: K) -> &Slot<K, V> {
+        self.help_dump();
+        self.table.get_or_create(key)
     }
 
     pub(crate) fn shared(&self) -> &Shared {
