@@ -123,6 +123,7 @@ fn funded_store(accounts: u64) -> Store<u64, i64> {
     all.values_mut()
         .for_each(|account| account.set(START_BALANCE));
     all.commit().expect("nobody else is running yet");
+    drop(all); // a handle holds its key until dropped
     store
 }
 

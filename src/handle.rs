@@ -1,7 +1,7 @@
 use crate::order;
-use crate::protocol::{self, Part};
-use crate::shared::Shared;
-use crate::slot::{Record, Slot};
+use crate::protocol::{self, Part, Write};
+use crate::shared::{Home, Shared};
+use crate::slot::{Record, Slot, SlotRef};
 use crate::snapshot;
 use crate::Error;
 use std::borrow::Borrow;
@@ -25,18 +25,22 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 /// # Ok::<(), stm_store::Error>(())
 /// ```
 pub struct Value<'s, K, V> {
-    /// What the store's commits reach besides the slots; its address says which store this
-    /// handle came from (`Store::set` refuses handles of another store).
-    store: &'s Shared,
-    slot: &'s Slot<K, V>,
+    /// The store, as commits reach it; its shared part's address says which store this handle
+    /// came from (`Store::set` refuses handles of another store).
+    store: &'s dyn Home<K, V>,
+    slot: SlotRef<'s, K, V>,
     version: u64,
     value: Option<V>,
-    /// The value to write at the next commit (`Some(None)`: "no value").
-    pending: Option<Option<V>>,
+    /// What to write at the next commit.
+    pending: Option<Write<V>>,
 }
 
 impl<'s, K, V> Value<'s, K, V> {
-    pub(crate) fn new(store: &'s Shared, slot: &'s Slot<K, V>, read: Option<&Record<V>>) -> Self
+    pub(crate) fn new(
+        store: &'s dyn Home<K, V>,
+        slot: SlotRef<'s, K, V>,
+        read: Option<&Record<V>>,
+    ) -> Self
     where
         V: Clone,
     {
@@ -53,11 +57,21 @@ impl<'s, K, V> Value<'s, K, V> {
 
     /// Whether this handle came from the store that `store` belongs to.
     pub(crate) fn came_from(&self, store: &Shared) -> bool {
-        std::ptr::eq(self.store, store)
+        std::ptr::eq(self.store.shared(), store)
     }
 
     pub(crate) fn slot_id(&self) -> u64 {
         self.slot.id
+    }
+
+    /// Whether the record read was a tombstone: the key was removed after it was looked up.
+    pub(crate) fn read_removed(&self) -> bool {
+        self.version & crate::slot::REMOVED != 0
+    }
+
+    /// Moves this handle, not read yet, to `slot`: the key's new slot (`Store::using`).
+    pub(crate) fn move_to(&mut self, slot: SlotRef<'s, K, V>) {
+        self.slot = slot;
     }
 
     /// The key.
@@ -74,12 +88,15 @@ impl<'s, K, V> Value<'s, K, V> {
     /// The pending value after [`set`](Value::set) or [`clear`](Value::clear); otherwise the
     /// value read. `None` means "no value".
     pub fn value(&self) -> Option<&V> {
-        self.pending.as_ref().unwrap_or(&self.value).as_ref()
+        match &self.pending {
+            Some(write) => write.value(),
+            None => self.value.as_ref(),
+        }
     }
 
     /// Sets the value to write at the next commit.
     pub fn set(&mut self, value: V) {
-        self.pending = Some(Some(value));
+        self.pending = Some(Write::Value(Some(value)));
     }
 
     /// Sets "no value" as the value to write at the next commit (a write, not an undo).
@@ -95,7 +112,37 @@ impl<'s, K, V> Value<'s, K, V> {
     /// # Ok::<(), stm_store::Error>(())
     /// ```
     pub fn clear(&mut self) {
-        self.pending = Some(None);
+        self.pending = Some(Write::Value(None));
+    }
+
+    /// Marks the key for removal at the next commit (which replaces any `set` or `clear`;
+    /// those replace it too). The removal lands with the rest of its commit, atomically: from
+    /// then on the key is absent ([`Store::get`](crate::Store::get) answers `None`, and it is
+    /// in no `dump` or snapshot) and its memory is reclaimed. Reading the key again creates a
+    /// new key, whose versions start above the removed one's.
+    ///
+    /// After the removal commits, this handle holds the removed key: its version is the
+    /// removal's, with no value, and committing it again answers
+    /// [`Error::ConcurrentUpdate`] (read the key again instead).
+    ///
+    /// ```
+    /// let store = stm_store::Store::new();
+    /// let mut accounts = store.using(["alice", "bob"])?;
+    /// accounts["alice"].set(0);
+    /// accounts["bob"].set(100);
+    /// accounts.commit()?;
+    /// // Close alice's account, moving its balance to bob, in one commit.
+    /// let mut accounts = store.using(["alice", "bob"])?;
+    /// let balance = accounts["alice"].value().copied().unwrap_or(0);
+    /// accounts["bob"].set(100 + balance);
+    /// accounts["alice"].remove();
+    /// accounts.commit()?;
+    /// assert_eq!(store.get("alice"), None);
+    /// assert_eq!(store.dump(), vec![("bob", 2, Some(100))]);
+    /// # Ok::<(), stm_store::Error>(())
+    /// ```
+    pub fn remove(&mut self) {
+        self.pending = Some(Write::Remove);
     }
 
     /// Commits this handle: writes the pending value with version = read version + 1, or, if
@@ -116,7 +163,7 @@ impl<'s, K, V> Value<'s, K, V> {
 
     fn part(&self) -> Part<'_, 's, K, V> {
         Part {
-            slot: self.slot,
+            slot: &self.slot,
             version: self.version,
             write: self.pending.as_ref(),
         }
@@ -126,7 +173,10 @@ impl<'s, K, V> Value<'s, K, V> {
     /// replaces, for the caller to drop.
     #[must_use]
     fn committed(&mut self) -> Option<V> {
-        let written = self.pending.take()?;
+        let written = match self.pending.take()? {
+            Write::Value(value) => value,
+            Write::Remove => None,
+        };
         self.version += 1;
         std::mem::replace(&mut self.value, written)
     }
@@ -134,7 +184,7 @@ impl<'s, K, V> Value<'s, K, V> {
 
 impl<'g, K, V: Clone> snapshot::Read<'g, K, V> for Value<'_, K, V> {
     fn slot(&self) -> &Slot<K, V> {
-        self.slot
+        &self.slot
     }
 
     fn take(&mut self, record: Option<&'g Record<V>>) {
@@ -179,6 +229,9 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Value<'_, K, V> {
 pub struct Collection<'s, K, V> {
     /// Sorted by key.
     values: Vec<Value<'s, K, V>>,
+    /// The handles' slots, counted again while `&mut` iteration lends out their keys (a
+    /// handle lent out mutably could be swapped away and dropped, and its slot freed with it).
+    lent: Vec<SlotRef<'s, K, V>>,
 }
 
 impl<'s, K, V> Collection<'s, K, V> {
@@ -187,7 +240,10 @@ impl<'s, K, V> Collection<'s, K, V> {
         K: Ord,
     {
         order::sort_by(&mut values, |a, b| a.key().cmp(b.key()));
-        Self { values }
+        Self {
+            values,
+            lent: Vec::new(),
+        }
     }
 
     /// Whether every handle in it came from the store that `store` belongs to (only
@@ -282,12 +338,12 @@ impl<'s, K, V> Collection<'s, K, V> {
         Ok(())
     }
 
-    /// The shared part of the one store this collection's handles came from (`None`: empty).
+    /// The one store this collection's handles came from (`None`: empty).
     #[track_caller]
-    fn check_one_store(&self) -> Option<&'s Shared> {
+    fn check_one_store(&self) -> Option<&'s dyn Home<K, V>> {
         let store = self.values.first()?.store;
         assert!(
-            self.all_from(store),
+            self.all_from(store.shared()),
             "Collection::commit: this collection holds handles of different stores (moved in with std::mem::swap); commit each store's handles separately"
         );
         Some(store)
@@ -339,7 +395,7 @@ impl<'s, K, V> Collection<'s, K, V> {
     {
         let commit = self.check_one_store().map(|store| {
             let parts = self.values.iter().map(Value::part);
-            (store, protocol::Paused::new(store, parts, claims))
+            (store, protocol::Paused::new(store.shared(), parts, claims))
         });
         Paused {
             commit,
@@ -354,7 +410,7 @@ impl<'s, K, V> Collection<'s, K, V> {
 #[cfg(any(loom, feature = "test-hooks"))]
 pub struct Paused<'a, 's, K, V> {
     /// `None` for an empty collection: nothing to commit.
-    commit: Option<(&'s Shared, protocol::Paused<K, V>)>,
+    commit: Option<(&'s dyn Home<K, V>, protocol::Paused<K, V>)>,
     collection: &'a mut Collection<'s, K, V>,
 }
 
@@ -411,13 +467,45 @@ impl<'a, 's, K, V> IntoIterator for &'a Collection<'s, K, V> {
 
 impl<'a, 's, K, V> IntoIterator for &'a mut Collection<'s, K, V> {
     type Item = (&'a K, &'a mut Value<'s, K, V>);
-    type IntoIter = std::iter::Map<
-        std::slice::IterMut<'a, Value<'s, K, V>>,
-        fn(&'a mut Value<'s, K, V>) -> (&'a K, &'a mut Value<'s, K, V>),
-    >;
+    type IntoIter = IterMut<'a, 's, K, V>;
 
-    fn into_iter(self) -> Self::IntoIter {
-        self.values.iter_mut().map(|value| (&value.slot.key, value))
+    fn into_iter(self) -> IterMut<'a, 's, K, V> {
+        self.lent.clear();
+        self.lent
+            .extend(self.values.iter().map(|value| value.slot.clone()));
+        IterMut {
+            keys: self.lent.iter(),
+            values: self.values.iter_mut(),
+        }
+    }
+}
+
+/// The keys of a [`Collection`] and their handles, mutably, in key order (`&mut Collection`'s
+/// iterator).
+pub struct IterMut<'a, 's, K, V> {
+    keys: std::slice::Iter<'a, SlotRef<'s, K, V>>,
+    values: std::slice::IterMut<'a, Value<'s, K, V>>,
+}
+
+impl<'a, 's, K, V> Iterator for IterMut<'a, 's, K, V> {
+    type Item = (&'a K, &'a mut Value<'s, K, V>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some((&self.keys.next()?.key, self.values.next()?))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.values.size_hint()
+    }
+}
+
+impl<K, V> ExactSizeIterator for IterMut<'_, '_, K, V> {}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for IterMut<'_, '_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IterMut")
+            .field("remaining", &self.values.len())
+            .finish()
     }
 }
 

@@ -84,7 +84,7 @@ mod wake;
 pub use error::Error;
 #[cfg(any(loom, feature = "test-hooks"))]
 pub use handle::Paused;
-pub use handle::{Collection, Value};
+pub use handle::{Collection, IterMut, Value};
 pub use stats::Stats;
 pub use store::{DefaultHasher, Store};
 pub use tx::{Backoff, Transaction, Tx, TxError};

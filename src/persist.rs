@@ -10,7 +10,7 @@ impl<K, V, S> Store<K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone,
+    S: BuildHasher + Clone + Send + Sync,
 {
     /// Adds `rows` (as [`dump`](Store::dump) returns them) to a store that has none of their
     /// keys yet: each key gets exactly its version and value.
@@ -77,7 +77,7 @@ impl<K, V, S> Extend<(K, V)> for Store<K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone,
+    S: BuildHasher + Clone + Send + Sync,
 {
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
         for (key, value) in pairs {
@@ -102,7 +102,7 @@ impl<K, V, S> FromIterator<(K, V)> for Store<K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone + Default,
+    S: BuildHasher + Clone + Default + Send + Sync,
 {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
         let mut store = Self::default();
@@ -128,7 +128,7 @@ mod with_serde {
     where
         K: Ord + Hash + Clone + Send + Sync + 'static + Serialize,
         V: Clone + Send + Sync + 'static + Serialize,
-        S: BuildHasher + Clone,
+        S: BuildHasher + Clone + Send + Sync,
     {
         fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
             let rows = self.dump();
@@ -146,7 +146,7 @@ mod with_serde {
     where
         K: Ord + Hash + Clone + Send + Sync + 'static + Deserialize<'de>,
         V: Clone + Send + Sync + 'static + Deserialize<'de>,
-        S: BuildHasher + Clone + Default,
+        S: BuildHasher + Clone + Default + Send + Sync,
     {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
             deserializer.deserialize_seq(Rows(PhantomData))
@@ -159,7 +159,7 @@ mod with_serde {
     where
         K: Ord + Hash + Clone + Send + Sync + 'static + Deserialize<'de>,
         V: Clone + Send + Sync + 'static + Deserialize<'de>,
-        S: BuildHasher + Clone + Default,
+        S: BuildHasher + Clone + Default + Send + Sync,
     {
         type Value = Store<K, V, S>;
 

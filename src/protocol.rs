@@ -21,16 +21,52 @@
 //! so `Aborted` always means a real conflict, and commits never answer `BusyRetry`.
 
 use crate::primitive::{pin, Guard};
-use crate::shared::Shared;
-use crate::slot::{Claimer, Entry, EntryInit, Hold, Kind, Owner, Record, Slot, Status, Txn};
+use crate::shared::{Home, Shared};
+use crate::slot::{
+    Claimer, Entry, EntryInit, Hold, Kind, Owner, Record, Slot, SlotRef, Status, Txn, REMOVED,
+};
 use crate::stats::Count;
 use crate::Error;
 
+/// What a commit writes to one key.
+#[derive(Clone, Debug)]
+pub(crate) enum Write<V> {
+    /// A value, or "no value" (`None`).
+    Value(Option<V>),
+    /// The key's removal: a tombstone, then the key is unlinked.
+    Remove,
+}
+
+impl<V> Write<V> {
+    /// The value the key has once this is written (`None`: no value, or removed).
+    pub(crate) fn value(&self) -> Option<&V> {
+        match self {
+            Self::Value(value) => value.as_ref(),
+            Self::Remove => None,
+        }
+    }
+
+    /// The record that writes this over version `read`.
+    fn record(&self, read: u64) -> Box<Record<V>>
+    where
+        V: Clone,
+    {
+        let (removed, value) = match self {
+            Self::Value(value) => (0, value.clone()),
+            Self::Remove => (REMOVED, None),
+        };
+        Box::new(Record {
+            version: (read + 1) | removed,
+            value,
+        })
+    }
+}
+
 /// A handle's part in a commit: its slot, the version it read, and what it writes.
 pub(crate) struct Part<'a, 's, K, V> {
-    pub(crate) slot: &'s Slot<K, V>,
+    pub(crate) slot: &'a SlotRef<'s, K, V>,
     pub(crate) version: u64,
-    pub(crate) write: Option<&'a Option<V>>,
+    pub(crate) write: Option<&'a Write<V>>,
 }
 
 impl<K, V> Clone for Part<'_, '_, K, V> {
@@ -40,32 +76,47 @@ impl<K, V> Clone for Part<'_, '_, K, V> {
 }
 impl<K, V> Copy for Part<'_, '_, K, V> {}
 
-/// Commits `parts` (of the store that `shared` belongs to) atomically: `Ok` once every write
-/// is visible, `ConcurrentUpdate` if some key had changed since it was read; then nothing was
-/// written. A commit that wrote wakes the store's waiters.
+/// Commits `parts` (of the store `home`) atomically: `Ok` once every write is visible,
+/// `ConcurrentUpdate` if some key had changed since it was read; then nothing was written. A
+/// commit that wrote wakes the store's waiters; one that removed keys unlinks them.
 ///
 /// # Panics
 /// If two parts are handles of the same key (only `std::mem::swap` can make that).
 pub(crate) fn commit<'a, 's: 'a, K: 's, V: Clone + 's>(
-    shared: &Shared,
+    home: &dyn Home<K, V>,
     parts: impl ExactSizeIterator<Item = Part<'a, 's, K, V>> + Clone,
 ) -> Result<(), Error> {
+    let shared = home.shared();
     let writes = parts.clone().filter(|part| part.write.is_some()).count();
     let result = match (writes, parts.len()) {
-        (0, _) => validate(parts),
+        (0, _) => validate(parts.clone()),
         (1, 1) => {
             let part = parts.clone().next().expect("one part");
             let write = part.write.expect("one write");
             commit_one(shared, part.slot, part.version, write)
         }
-        _ => commit_many(shared, parts), // whoever decides it wakes the waiters
+        _ => commit_many(shared, parts.clone()), // whoever decides it wakes the waiters
     };
     shared.count(if result.is_ok() {
         Count::Commit
     } else {
         Count::Conflict
     });
+    if result.is_ok() {
+        unlink_removed(home, parts);
+    }
     result
+}
+
+/// After a commit that landed: unlinks the keys it removed (a lookup that finds one first
+/// unlinks it itself, so a committer stopped before this delays nothing).
+fn unlink_removed<'a, 's: 'a, K: 's, V: 's>(
+    home: &dyn Home<K, V>,
+    parts: impl Iterator<Item = Part<'a, 's, K, V>>,
+) {
+    for part in parts.filter(|part| matches!(part.write, Some(Write::Remove))) {
+        home.unlink(part.slot);
+    }
 }
 
 /// A commit that only read: it holds if, in one pass, every key still has its read version.
@@ -85,13 +136,10 @@ fn commit_one<K, V: Clone>(
     shared: &Shared,
     slot: &Slot<K, V>,
     version: u64,
-    value: &Option<V>,
+    write: &Write<V>,
 ) -> Result<(), Error> {
     let pin = pin();
-    let mut record = Box::new(Record {
-        version: version + 1,
-        value: value.clone(),
-    });
+    let mut record = write.record(version);
     loop {
         let current = slot.load(&pin);
         if let Some(blocker) = current.blocker() {
@@ -130,14 +178,9 @@ fn commit_many<'a, 's: 'a, K: 's, V: Clone + 's>(
 /// (the handle keeps its own, unchanged if the commit fails).
 pub(crate) fn entry<'s, K, V: Clone>(part: Part<'_, 's, K, V>) -> EntryInit<'s, K, V> {
     EntryInit {
-        slot: part.slot,
+        after: part.write.map(|write| write.record(part.version)),
+        slot: part.slot.clone(),
         expect: part.version,
-        after: part.write.map(|value| {
-            Box::new(Record {
-                version: part.version + 1,
-                value: value.clone(),
-            })
-        }),
     }
 }
 
@@ -330,7 +373,8 @@ impl<K, V> Paused<K, V> {
         Self { owner }
     }
 
-    pub(crate) fn resume(self, shared: &Shared) -> Result<(), Error> {
+    pub(crate) fn resume(self, home: &dyn Home<K, V>) -> Result<(), Error> {
+        let shared = home.shared();
         let pin = pin();
         drive(&pin, self.owner.claimer(), 0, shared);
         let result = outcome(self.owner.txn());
@@ -339,6 +383,11 @@ impl<K, V> Paused<K, V> {
         } else {
             Count::Conflict
         });
+        if result.is_ok() {
+            for entry in self.owner.txn().entries().iter().filter(|e| e.removes) {
+                home.unlink(entry.slot());
+            }
+        }
         result
     }
 }

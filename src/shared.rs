@@ -2,6 +2,7 @@
 //! commits wake, and the counters its calls add to. Its address also names the store: a handle
 //! commits only to the store it came from.
 
+use crate::slot::Slot;
 use crate::stats::{Count, Counters};
 use crate::wake::Waiters;
 
@@ -22,4 +23,13 @@ impl Shared {
     pub(crate) fn count(&self, count: Count) {
         self.counters.add(count);
     }
+}
+
+/// A store as its handles and commits reach it, whatever its hasher: what it shares, and its
+/// key index, to unlink the keys a commit removed.
+pub(crate) trait Home<K, V>: Sync {
+    fn shared(&self) -> &Shared;
+
+    /// Unlinks `slot`, removed by a commit that landed, if the index still lists it.
+    fn unlink(&self, slot: &Slot<K, V>);
 }

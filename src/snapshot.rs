@@ -9,7 +9,7 @@
 use crate::primitive::Guard;
 use crate::protocol::{drive, outcome};
 use crate::shared::Shared;
-use crate::slot::{EntryInit, Kind, Owner, Record, Slot};
+use crate::slot::{EntryInit, Kind, Owner, Record, Slot, SlotRef};
 use crate::stats::Count;
 
 /// How many double collects to try before claiming (one under loom: models reach the claiming
@@ -54,20 +54,33 @@ pub(crate) fn version<V>(record: Option<&Record<V>>) -> u64 {
 }
 
 /// The claiming snapshot: the records its claims froze, all at the instant it was decided.
+///
+/// Its entries count their slots (a helper may reach them after this thread let go of its
+/// pin). A slot with no count left was removed and unlinked: it is absent at any later
+/// instant, so it gets no entry, and its item takes the tombstone it holds (final).
 fn claim_all<'g, K: 'g, V: 'g>(pin: &'g Guard, items: &mut [impl Read<'g, K, V>], shared: &Shared) {
-    let entries = items.iter().map(|item| EntryInit {
-        slot: item.slot(),
+    let counted: Vec<Option<SlotRef<'_, K, V>>> = items
+        .iter()
+        .map(|item| SlotRef::acquire(item.slot()))
+        .collect();
+    let entries = counted.iter().flatten().map(|slot| EntryInit {
+        slot: slot.clone(),
         expect: 0,
         after: None,
     });
-    let owner = Owner::new(Kind::Snapshot, items.len(), entries);
+    let len = entries.clone().count();
+    let owner = Owner::new(Kind::Snapshot, len, entries);
     drive(pin, owner.claimer(), 0, shared);
     outcome(owner.txn()).expect("a snapshot accepts any version, so it always commits");
-    for (item, entry) in items.iter_mut().zip(owner.txn().entries()) {
-        item.take(
-            entry
-                .noted(pin)
+    let mut entries = owner.txn().entries().iter();
+    for (item, counted) in items.iter_mut().zip(&counted) {
+        let record = match counted {
+            Some(_) => entries
+                .next()
+                .and_then(|entry| entry.noted(pin))
                 .expect("the decider noted every claim's record"),
-        );
+            None => item.slot().load(pin).logical(),
+        };
+        item.take(record);
     }
 }

@@ -5,8 +5,8 @@ use std::ops::RangeBounds;
 
 use crate::handle::{Collection, Value};
 use crate::primitive::{pin, Guard};
-use crate::shared::Shared;
-use crate::slot::{OnceBox, Record, Shelf, Slot, Table};
+use crate::shared::{Home, Shared};
+use crate::slot::{OnceBox, Record, Shelf, Slot, SlotRef, Table};
 use crate::snapshot::{self, version};
 use crate::stats::Stats;
 use crate::tx::{Transaction, Tx, TxError};
@@ -20,9 +20,9 @@ pub type DefaultHasher = foldhash::fast::RandomState;
 type Row<K, V> = (K, u64, Option<V>);
 
 /// A slot and the record a snapshot (`dump`, `snapshot`) read there.
-pub(crate) type Found<'s, 'g, K, V> = (&'s Slot<K, V>, Option<&'g Record<V>>);
+pub(crate) type Found<'g, K, V> = (&'g Slot<K, V>, Option<&'g Record<V>>);
 
-impl<'g, K, V> snapshot::Read<'g, K, V> for Found<'_, 'g, K, V> {
+impl<'g, K, V> snapshot::Read<'g, K, V> for Found<'g, K, V> {
     fn slot(&self) -> &Slot<K, V> {
         self.0
     }
@@ -85,7 +85,7 @@ impl<K, V, S> Store<K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone,
+    S: BuildHasher + Clone + Send + Sync,
 {
     /// An empty store whose key index hashes with `hasher`.
     ///
@@ -120,10 +120,9 @@ where
     ///
     /// None today; the `Result` leaves room for [`Error::BusyRetry`].
     pub fn usevar(&self, key: K) -> Result<Value<'_, K, V>, Error> {
-        let slot = self.slot(key);
         let pin = pin();
-        let record = slot.load(&pin).logical();
-        Ok(Value::new(&self.shared, slot, record))
+        let (slot, record) = self.live(self.slot(key), &pin);
+        Ok(Value::new(self, slot, record))
     }
 
     /// Reads several keys into a [`Collection`]: a consistent snapshot (every record was the
@@ -145,12 +144,26 @@ where
     pub fn using<I: IntoIterator<Item = K>>(&self, keys: I) -> Result<Collection<'_, K, V>, Error> {
         let mut values: Vec<_> = keys
             .into_iter()
-            .map(|key| Value::new(&self.shared, self.slot(key), None))
+            .map(|key| Value::new(self, self.slot(key), None))
             .collect();
-        values.sort_unstable_by_key(|value| value.slot_id());
-        values.dedup_by_key(|value| value.slot_id());
-        snapshot::read_all(&pin(), &mut values, &self.shared);
-        Ok(Collection::new(values))
+        let pin = pin();
+        loop {
+            values.sort_unstable_by_key(|value| value.slot_id());
+            values.dedup_by_key(|value| value.slot_id());
+            snapshot::read_all(&pin, &mut values, &self.shared);
+            // A key removed since it was looked up is created again, and all are read again.
+            let mut removed = values
+                .iter_mut()
+                .filter(|value| value.read_removed())
+                .peekable();
+            if removed.peek().is_none() {
+                return Ok(Collection::new(values));
+            }
+            for value in removed {
+                self.table.unlink(snapshot::Read::slot(value), &pin);
+                value.move_to(self.create(value.key().clone()));
+            }
+        }
     }
 
     /// Runs `f` as one transaction and returns its result: the way to write new code.
@@ -307,9 +320,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Ord + ?Sized,
     {
-        let slot = self.table.get(key)?;
         let pin = pin();
-        let record = slot.load(&pin).logical();
+        let record = self.find(key, &pin)?;
         Some((
             version(record),
             record.and_then(|record| record.value.clone()),
@@ -317,17 +329,34 @@ where
     }
 
     /// Whether the store has `key` (created by a read or a write, whether or not it has a
-    /// value). Creates nothing.
+    /// value, and not removed). Creates nothing.
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Ord + ?Sized,
     {
-        self.table.get(key).is_some()
+        self.find(key, &pin()).is_some()
+    }
+
+    /// The record of `key` (`Some(None)`: version 0), if the store has the key and it is not
+    /// removed; a removed key found still listed is unlinked.
+    fn find<'g, Q>(&'g self, key: &Q, pin: &'g Guard) -> Option<Option<&'g Record<V>>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Ord + ?Sized,
+    {
+        let slot = self.table.find(key, pin)?;
+        let current = slot.load(pin);
+        if current.removed() {
+            self.table.unlink(slot, pin);
+            return None;
+        }
+        Some(current.logical())
     }
 
     /// How many keys the store has: the number of rows [`dump`](Store::dump) would return.
-    /// With other threads creating keys, it is the count at some instant during the call.
+    /// With other threads creating or removing keys, it is the count at some instant during
+    /// the call, give or take the keys being removed by commits still in progress.
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -352,13 +381,13 @@ where
 
     /// The records of the keys in `range` at one instant, in key order, unless a key was
     /// created while they were read (see [`try_dump`](Store::try_dump)).
-    fn try_read<'s, 'g>(
-        &'s self,
+    fn try_read<'g>(
+        &'g self,
         pin: &'g Guard,
         range: &impl RangeBounds<K>,
-    ) -> Option<Vec<Found<'s, 'g, K, V>>> {
+    ) -> Option<Vec<Found<'g, K, V>>> {
         let created = self.table.created();
-        let slots = self.table.slots().into_iter();
+        let slots = self.table.slots(pin).into_iter();
         let mut found: Vec<Found<K, V>> = slots
             .filter(|slot| range.contains(&slot.key))
             .map(|slot| (slot, None))
@@ -368,6 +397,8 @@ where
         if self.table.created() != created && !cfg!(stm_mutation = "no_birth_check") {
             return None;
         }
+        // Removed keys are absent (a removal is final, so absent at the snapshot's instant too).
+        found.retain(|(_, record)| !record.is_some_and(Record::is_removed));
         order::sort_by(&mut found, |a, b| a.0.key.cmp(&b.0.key));
         Some(found)
     }
@@ -503,23 +534,42 @@ where
         }
     }
 
-    fn slot(&self, key: K) -> &Slot<K, V> {
+    /// The slot listed for `key`, created if there is none; it may be removed (see `live`).
+    fn slot(&self, key: K) -> SlotRef<'_, K, V> {
         match self.table.get(&key) {
             Some(slot) => slot,
             None => self.create(key),
         }
     }
 
-    /// The slot of `key`, created (from a clone of the key) if it is new.
-    pub(crate) fn slot_of(&self, key: &K) -> &Slot<K, V> {
+    /// The slot listed for `key`, created (from a clone of the key) if there is none.
+    pub(crate) fn slot_of(&self, key: &K) -> SlotRef<'_, K, V> {
         match self.table.get(key) {
             Some(slot) => slot,
             None => self.create(key.clone()),
         }
     }
 
-    /// The slot of a key not found a moment ago: serves a pending snapshot request first.
-    fn create(&self, key: K) -> &Slot<K, V> {
+    /// The slot `slot` if it is not removed, with its record; otherwise (it was removed since
+    /// it was looked up) the key's new slot, created after unlinking the removed one.
+    pub(crate) fn live<'s, 'g>(
+        &'s self,
+        mut slot: SlotRef<'s, K, V>,
+        pin: &'g Guard,
+    ) -> (SlotRef<'s, K, V>, Option<&'g Record<V>>) {
+        loop {
+            let current = slot.load(pin);
+            if !current.removed() {
+                return (slot, current.logical());
+            }
+            self.table.unlink(&slot, pin);
+            slot = self.create(slot.key.clone());
+        }
+    }
+
+    /// The slot of a key not found a moment ago (or found removed): serves a pending snapshot
+    /// request first.
+    fn create(&self, key: K) -> SlotRef<'_, K, V> {
         self.help_dump();
         self.table.get_or_create(key)
     }
@@ -537,11 +587,26 @@ where
     }
 }
 
+impl<K, V, S> Home<K, V> for Store<K, V, S>
+where
+    K: Ord + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync,
+{
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn unlink(&self, slot: &Slot<K, V>) {
+        self.table.unlink(slot, &pin());
+    }
+}
+
 impl<K, V, S> Default for Store<K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone + Default,
+    S: BuildHasher + Clone + Default + Send + Sync,
 {
     fn default() -> Self {
         Self::with_hasher(S::default())
@@ -554,7 +619,7 @@ impl<K, V, S> fmt::Debug for Store<K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static + fmt::Debug,
     V: Clone + Send + Sync + 'static + fmt::Debug,
-    S: BuildHasher + Clone,
+    S: BuildHasher + Clone + Send + Sync,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows = self.dump();

@@ -25,8 +25,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::primitive::pin;
-use crate::protocol::{self, Part};
-use crate::slot::Slot;
+use crate::protocol::{self, Part, Write};
+use crate::slot::SlotRef;
 use crate::snapshot::version;
 use crate::stats::Count;
 use crate::wake::Watch;
@@ -88,25 +88,25 @@ pub struct Tx<'s, K, V, S = crate::DefaultHasher> {
     keys: Vec<TxKey<'s, K, V>>,
     /// Inside [`Tx::or_else`]'s first branch: the writes it replaced (key index, old write),
     /// to put back if it retries.
-    undo: Vec<(usize, Option<Option<V>>)>,
+    undo: Vec<(usize, Option<Write<V>>)>,
     branches: usize,
     stop: Option<Stop>,
     attempt: u32,
 }
 
 struct TxKey<'s, K, V> {
-    slot: &'s Slot<K, V>,
+    slot: SlotRef<'s, K, V>,
     version: u64,
     value: Option<V>,
-    /// The value to write (`Some(None)`: "no value").
-    write: Option<Option<V>>,
+    /// What to write.
+    write: Option<Write<V>>,
 }
 
 impl<'s, K, V, S> Tx<'s, K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone,
+    S: BuildHasher + Clone + Send + Sync,
 {
     fn new(store: &'s Store<K, V, S>, attempt: u32) -> Self {
         Self {
@@ -159,7 +159,7 @@ where
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
     pub fn set(&mut self, key: &K, value: V) -> Result<(), TxError> {
-        self.write(key, Some(value))
+        self.write(key, Write::Value(Some(value)))
     }
 
     /// Writes "no value" to `key` when the transaction commits (a write, not an undo).
@@ -168,7 +168,27 @@ where
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
     pub fn clear(&mut self, key: &K) -> Result<(), TxError> {
-        self.write(key, None)
+        self.write(key, Write::Value(None))
+    }
+
+    /// Removes `key` when the transaction commits (see [`Value::remove`]): from then on it is
+    /// absent from the store. Until then, this transaction reads it as having no value; a
+    /// later `set` or `clear` of the key in this transaction replaces the removal.
+    ///
+    /// ```
+    /// let store: stm_store::Store<&str, u32> = [("alice", 5)].into_iter().collect();
+    /// store.atomically(|tx| tx.remove(&"alice"));
+    /// assert_eq!(store.get("alice"), None);
+    /// assert!(store.is_empty());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?`.
+    ///
+    /// [`Value::remove`]: crate::Value::remove
+    pub fn remove(&mut self, key: &K) -> Result<(), TxError> {
+        self.write(key, Write::Remove)
     }
 
     /// Gives up this attempt and waits until some key it read has changed, then runs the
@@ -243,7 +263,7 @@ where
         self.attempt
     }
 
-    fn write(&mut self, key: &K, value: Option<V>) -> Result<(), TxError> {
+    fn write(&mut self, key: &K, value: Write<V>) -> Result<(), TxError> {
         let at = self.touch(key)?;
         let replaced = self.keys[at].write.replace(value);
         if self.branches > 0 {
@@ -260,9 +280,8 @@ where
         if let Some(at) = self.keys.iter().position(|k| k.slot.key == *key) {
             return Ok(at);
         }
-        let slot = self.store.slot_of(key);
         let pin = pin();
-        let record = slot.load(&pin).logical();
+        let (slot, record) = self.store.live(self.store.slot_of(key), &pin);
         // Opacity: every earlier read still holds now, at the instant of this one.
         if !self.unchanged() && !cfg!(stm_mutation = "no_opacity") {
             return self.stopped(Stop::Conflict);
@@ -312,11 +331,11 @@ where
 
     fn commit(&self) -> Result<(), crate::Error> {
         let parts = self.keys.iter().map(|k| Part {
-            slot: k.slot,
+            slot: &k.slot,
             version: k.version,
             write: k.write.as_ref(),
         });
-        protocol::commit(self.store.shared(), parts)
+        protocol::commit(self.store, parts)
     }
 
     /// Blocks until a key read has changed (true), or `deadline` passes (false).
@@ -354,7 +373,10 @@ where
 
 impl<K, V> TxKey<'_, K, V> {
     fn current(&self) -> Option<&V> {
-        self.write.as_ref().unwrap_or(&self.value).as_ref()
+        match &self.write {
+            Some(write) => write.value(),
+            None => self.value.as_ref(),
+        }
     }
 }
 
@@ -443,7 +465,7 @@ impl<'s, K, V, S> Transaction<'s, K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone,
+    S: BuildHasher + Clone + Send + Sync,
 {
     pub(crate) fn new(store: &'s Store<K, V, S>) -> Self {
         Self {

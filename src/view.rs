@@ -14,14 +14,14 @@ pub struct Snapshot<'a, K, V> {
 
 enum Rows<'a, K, V> {
     /// The records read, borrowed (the caller's pin keeps them alive).
-    Read(Vec<Found<'a, 'a, K, V>>),
+    Read(Vec<Found<'a, K, V>>),
     /// Copies, when a key creator's whole-store snapshot (taken on this one's behalf) landed
     /// first.
     Copied(Vec<(K, u64, Option<V>)>),
 }
 
 impl<'a, K, V> Snapshot<'a, K, V> {
-    pub(crate) fn read(rows: Vec<Found<'a, 'a, K, V>>) -> Self {
+    pub(crate) fn read(rows: Vec<Found<'a, K, V>>) -> Self {
         Self {
             rows: Rows::Read(rows),
         }

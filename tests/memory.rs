@@ -311,6 +311,7 @@ fn keys_0_and_1_tagged_1_and_2(counts: &Arc<Counts>) -> TrackedStore {
     c[&0].set(Tracked::new(counts, 1, 0));
     c[&1].set(Tracked::new(counts, 2, 0));
     c.commit().unwrap();
+    drop(c);
     store
 }
 

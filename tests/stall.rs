@@ -29,6 +29,7 @@ fn bank(n: u32) -> Arc<Bank> {
     let mut all = store.using(0..n).unwrap();
     all.values_mut().for_each(|v| v.set(START));
     all.commit().unwrap();
+    drop(all);
     store
 }
 

@@ -17,7 +17,17 @@
 //!   strictly increase, so a version names one record: every helper that installs the same
 //!   commit claim stores the same `before`.
 //!
+//! **Removal.** A removed key's slot holds a *tombstone*: a record whose version has the top
+//! bit ([`REMOVED`]) set. No commit expects such a version, so I4 alone makes a tombstone final:
+//! nothing is ever written over it, and a slot, once removed, stays removed.
+//!
 //! **Ownership.**
+//! - A slot is counted: one count for the key index while it lists the slot, one for each
+//!   handle or transaction key that holds it ([`SlotRef`]), one for each descriptor entry that
+//!   names it. The index lets go of its count only once it has unlinked a removed slot, so a
+//!   count of zero means removed and unreachable from the index; the slot is then retired. A
+//!   thread may also use a slot it found in the index without a count, under the pin it looked
+//!   it up with: the slot was linked after that pin began, so it is retired after it.
 //! - A slot owns its logical record. The compare-and-swap that stops a record being logical
 //!   retires it: a plain write over it, or a write over a decided claim whose logical record
 //!   it is. A claim taking its place keeps it alive as its `before`.
@@ -43,10 +53,14 @@ mod txn;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use std::ops::Deref;
+use std::ptr::NonNull;
+
 use crate::primitive::{AtomicUsize, Guard, Ordering::SeqCst};
 
 pub(crate) use shelf::{OnceBox, Shelf};
 pub(crate) use table::Table;
+
 pub(crate) use txn::{Claimer, Entry, EntryInit, Hold, Kind, Owner, Status, Txn};
 
 /// An immutable committed state of one key.
@@ -55,14 +69,104 @@ pub(crate) struct Record<V> {
     pub(crate) value: Option<V>,
 }
 
-/// One key's home. Created once per key and freed with the store.
+/// The version bit of a tombstone: the record a removal writes (module docs: removal).
+pub(crate) const REMOVED: u64 = 1 << 63;
+
+impl<V> Record<V> {
+    pub(crate) fn is_removed(&self) -> bool {
+        self.version & REMOVED != 0
+    }
+}
+
+/// One key's home: created with its key, freed once it was removed and nobody counts it.
 pub(crate) struct Slot<K, V> {
     /// Fixed at creation and unique in its store: the order in which commits claim slots
     /// (never the user's `Ord`, which may be broken).
     pub(crate) id: u64,
     pub(crate) key: K,
     word: AtomicUsize,
+    /// The index's count, and one per [`SlotRef`] and per descriptor entry (module docs).
+    refs: AtomicUsize,
+    /// Under loom, a freed slot is kept (leaked) and marked here instead, so that a model in
+    /// which a thread reaches a slot after it was freed fails instead of reading freed memory.
+    #[cfg(loom)]
+    freed: crate::primitive::AtomicU8,
     _records: PhantomData<Box<Record<V>>>,
+}
+
+/// A counted reference to a slot: keeps it alive (not its key in the index) while it lives.
+pub(crate) struct SlotRef<'s, K, V> {
+    slot: NonNull<Slot<K, V>>,
+    /// Counted references come from a store's index and are used with that store.
+    _store: PhantomData<&'s Slot<K, V>>,
+}
+
+// SAFETY: a `SlotRef` is a shared reference with a count; `Slot` is shared between threads by
+// design (atomics and immutable fields only).
+unsafe impl<K: Send + Sync, V: Send + Sync> Send for SlotRef<'_, K, V> {}
+// SAFETY: as above.
+unsafe impl<K: Send + Sync, V: Send + Sync> Sync for SlotRef<'_, K, V> {}
+
+impl<'s, K, V> SlotRef<'s, K, V> {
+    /// A count on `slot` unless it has none left (then it is removed, and retired or about to
+    /// be). `slot` must be live for this call: counted by the caller, or found under its pin.
+    pub(crate) fn acquire(slot: &Slot<K, V>) -> Option<Self> {
+        let mut refs = slot.refs.load(SeqCst);
+        while refs != 0 {
+            match slot.refs.compare_exchange(refs, refs + 1, SeqCst, SeqCst) {
+                Ok(_) => return Some(Self::counted(slot)),
+                Err(now) => refs = now,
+            }
+        }
+        None
+    }
+
+    /// Takes over a count the caller added to `slot`.
+    fn counted(slot: &Slot<K, V>) -> Self {
+        Self {
+            slot: NonNull::from(slot),
+            _store: PhantomData,
+        }
+    }
+
+    /// Gives up the reference but not its count, which the caller now owns (a descriptor
+    /// entry; see [`SlotRef::release_raw`]).
+    fn into_raw(self) -> *const Slot<K, V> {
+        let slot = self.slot.as_ptr();
+        std::mem::forget(self);
+        slot
+    }
+
+    /// Lets go of the count behind `slot` that `into_raw` handed over.
+    ///
+    /// # Safety
+    /// `slot` came from `into_raw`, and its count is let go of once.
+    unsafe fn release_raw(pin: &Guard, slot: *const Slot<K, V>) {
+        // SAFETY: the count handed over keeps the slot alive until this call.
+        unsafe { (*slot).unref(pin) }
+    }
+}
+
+impl<K, V> Clone for SlotRef<'_, K, V> {
+    fn clone(&self) -> Self {
+        self.refs.fetch_add(1, SeqCst); // not zero: this reference counts
+        Self::counted(self)
+    }
+}
+
+impl<K, V> Deref for SlotRef<'_, K, V> {
+    type Target = Slot<K, V>;
+
+    fn deref(&self) -> &Slot<K, V> {
+        // SAFETY: this reference's count keeps the slot alive.
+        unsafe { self.slot.as_ref() }
+    }
+}
+
+impl<K, V> Drop for SlotRef<'_, K, V> {
+    fn drop(&mut self) {
+        self.unref(&crate::primitive::pin());
+    }
 }
 
 const TAG: usize = 0b11;
@@ -144,6 +248,11 @@ impl<'g, K, V> Loaded<'g, K, V> {
         self.logical().map_or(0, |record| record.version)
     }
 
+    /// Whether the key was removed (a tombstone: final).
+    pub(crate) fn removed(self) -> bool {
+        self.version() & REMOVED != 0
+    }
+
     /// The transaction of an undecided claim here: help it, never replace it (I1).
     pub(crate) fn blocker(self) -> Option<&'g Txn<K, V>> {
         let txn = match self.node() {
@@ -169,16 +278,58 @@ impl<'g, K, V> Loaded<'g, K, V> {
 }
 
 impl<K, V> Slot<K, V> {
+    /// A new slot at version 0, with the index's count.
     pub(crate) fn new(id: u64, key: K) -> Self {
         Self {
             id,
             key,
             word: AtomicUsize::new(0),
+            refs: AtomicUsize::new(1),
+            #[cfg(loom)]
+            freed: crate::primitive::AtomicU8::new(0),
             _records: PhantomData,
         }
     }
 
+    /// Adds a count for the caller, who found the slot listed in the index and holds the
+    /// index's lock, so the index's count is there.
+    pub(crate) fn add_ref<'s>(&self) -> SlotRef<'s, K, V> {
+        self.refs.fetch_add(1, SeqCst);
+        SlotRef::counted(self)
+    }
+
+    /// Lets go of one count; the last one out retires the slot. Every count but the index's is
+    /// a [`SlotRef`] or a descriptor entry's; the index lets go of its own once it unlinked
+    /// the slot.
+    pub(crate) fn unref(&self, pin: &Guard) {
+        if self.refs.fetch_sub(1, SeqCst) != 1 {
+            return;
+        }
+        let slot = self as *const Self as *mut Self;
+        #[cfg(loom)]
+        {
+            // Leaked under loom, and marked (see `freed`).
+            // SAFETY: as below; the closure only writes an atomic of a leaked slot.
+            let slot = slot as usize;
+            unsafe {
+                pin.defer_unchecked(move || {
+                    (*(slot as *const Self)).freed.store(1, SeqCst);
+                })
+            }
+        }
+        #[cfg(not(loom))]
+        // SAFETY: the count is zero, so the index has unlinked the slot and nothing counts it:
+        // only threads pinned now, which found it in the index before it was unlinked, can
+        // reach it. It was allocated as a `Box` by the table, and is freed once, after they
+        // unpin.
+        unsafe {
+            pin.defer_unchecked(move || drop(Box::from_raw(slot)))
+        }
+    }
+
     pub(crate) fn load<'g>(&self, _pin: &'g Guard) -> Loaded<'g, K, V> {
+        #[cfg(loom)]
+        assert_eq!(self.freed.load(SeqCst), 0, "a freed slot was reached");
         Loaded {
             word: self.word.load(SeqCst),
             _pin: PhantomData,
@@ -192,9 +343,9 @@ impl<K, V> Slot<K, V> {
     }
 
     /// Gives a slot still at version 0 (no record, no claim) its first record, at any version
-    /// (I4 holds: versions grow from 0): how a store is rebuilt from a saved snapshot. Refused,
-    /// with the record handed back, if the slot has anything in it.
-    #[cfg(feature = "serde")]
+    /// (I4 holds: versions grow from 0): how a new key starts above the versions of removed
+    /// ones, and how a store is rebuilt from a saved snapshot. Refused, with the record handed
+    /// back, if the slot has anything in it.
     pub(crate) fn restore(&self, record: Box<Record<V>>) -> Result<(), Box<Record<V>>> {
         let new = Box::into_raw(record);
         if self.cas(0, new as usize) {
@@ -214,7 +365,8 @@ impl<K, V> Slot<K, V> {
         current: Loaded<'_, K, V>,
         record: Box<Record<V>>,
     ) -> Result<(), Box<Record<V>>> {
-        if current.blocker().is_some() || record.version != current.version() + 1 {
+        // A tombstone is one version newer too; nothing is (I4: tombstones are final).
+        if current.blocker().is_some() || record.version & !REMOVED != current.version() + 1 {
             return Err(record);
         }
         let new = Box::into_raw(record);

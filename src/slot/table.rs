@@ -1,14 +1,18 @@
-//! The key index: finds or creates the slot of a key. Each slot is allocated once and freed
-//! with the table, so a reference to it lives as long as the table borrow (`Value<'s, ..>`).
+//! The key index: finds or creates the slot of a key, and unlinks removed ones.
+//!
+//! A slot found here is used either under the pin it was looked up with, or through a count
+//! taken while the index's lock still held it listed ([`SlotRef`]). The index owns its count
+//! on each slot it lists, and gives it up when it unlinks a removed slot; it frees the slots
+//! still listed when it is dropped.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::ptr::NonNull;
 
-use super::Slot;
-use crate::primitive::{AtomicU64, IdCounter, Ordering::SeqCst};
+use super::{Record, Slot, SlotRef, REMOVED};
+use crate::primitive::{AtomicU64, Guard, IdCounter, Ordering::SeqCst};
 
-/// A slot's allocation, owned by the table.
+/// A slot's allocation, owned by the table while it lists it.
 struct SlotBox<K, V>(NonNull<Slot<K, V>>);
 
 // SAFETY: a `SlotBox` owns its slot as a `Box` would; the slot is shared between threads by
@@ -23,14 +27,24 @@ impl<K, V> SlotBox<K, V> {
     }
 
     fn get(&self) -> &Slot<K, V> {
-        // SAFETY: allocated in `new`, freed only in `drop`.
+        // SAFETY: allocated in `new`, freed in `drop` or, once unlinked, by its last count.
         unsafe { self.0.as_ref() }
+    }
+
+    /// Unlinked: the index's ownership becomes its count, let go of here.
+    fn unlinked(self, pin: &Guard) {
+        let slot = std::mem::ManuallyDrop::new(self);
+        slot.get().unref(pin);
     }
 }
 
 impl<K, V> Drop for SlotBox<K, V> {
+    /// A slot never published, or still listed when the table is dropped.
     fn drop(&mut self) {
-        // SAFETY: allocated by `Box::leak` in `new`; dropped once, with the table.
+        // SAFETY: allocated by `Box::leak` in `new`. Either it was never published, or the
+        // table is being dropped, with no call in progress: no handle or transaction can hold
+        // a count (they borrow the store), and a descriptor still naming it was forgotten and
+        // is never used again.
         drop(unsafe { Box::from_raw(self.0.as_ptr()) });
     }
 }
@@ -43,6 +57,10 @@ pub(crate) struct Table<K, V, S> {
     /// Slot ids: per store (commits claim one store's slots), so that loom models, which make
     /// a store per execution, see the same ids in every execution.
     ids: IdCounter,
+    /// The highest version any removed key reached (its tombstone's, without the bit): a key
+    /// created after it starts one above, so a key's versions never go back, even across its
+    /// removal (no ABA on versions). Raised before the removed key is unlinked.
+    floor: AtomicU64,
 }
 
 impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
@@ -51,11 +69,22 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
             index: index::Index::with_hasher(hasher),
             created: AtomicU64::new(0),
             ids: IdCounter::new(),
+            floor: AtomicU64::new(0),
         }
     }
 
-    /// The slot of `key`, if it exists (by any borrowed form of the key).
-    pub(crate) fn get<Q>(&self, key: &Q) -> Option<&Slot<K, V>>
+    /// The slot listed for `key` (by any borrowed form of the key), for use under `pin`. It may
+    /// be removed (a tombstone not unlinked yet).
+    pub(crate) fn find<'g, Q>(&'g self, key: &Q, pin: &'g Guard) -> Option<&'g Slot<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Ord + ?Sized,
+    {
+        self.index.find(key, pin)
+    }
+
+    /// A counted reference to the slot listed for `key`, which may be removed.
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<SlotRef<'_, K, V>>
     where
         K: Borrow<Q>,
         Q: Hash + Ord + ?Sized,
@@ -63,12 +92,53 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
         self.index.get(key)
     }
 
-    /// The slot of `key`, created if it is new.
-    pub(crate) fn get_or_create(&self, key: K) -> &Slot<K, V> {
-        self.index
-            .get_or_insert(SlotBox::new(self.ids.next(), key), || {
-                self.created.fetch_add(1, SeqCst);
-            })
+    /// A counted reference to the slot of `key`: the one listed, or a new one if none is or the
+    /// one listed is removed (which this call unlinks). It may be removed by the time the
+    /// caller reads it.
+    pub(crate) fn get_or_create(&self, key: K) -> SlotRef<'_, K, V> {
+        let mut new = SlotBox::new(self.ids.next(), key);
+        loop {
+            let (slot, unused) = self.index.get_or_insert(new, |slot| self.start(slot));
+            let Some(unused) = unused else {
+                return slot; // created
+            };
+            let pin = crate::primitive::pin();
+            if !slot.load(&pin).removed() {
+                return slot; // `unused` is freed: it was never listed
+            }
+            self.unlink(&slot, &pin);
+            new = unused;
+        }
+    }
+
+    /// Starts a new slot, under the index's lock on its key's shard, before it is listed: above
+    /// the floor, and counted as created.
+    fn start(&self, slot: &Slot<K, V>) {
+        let floor = self.floor.load(SeqCst);
+        if floor > 0 {
+            let record = Box::new(Record {
+                version: floor + 1,
+                value: None,
+            });
+            let started = slot.restore(record);
+            debug_assert!(started.is_ok(), "a new slot is empty");
+        }
+        self.created.fetch_add(1, SeqCst);
+    }
+
+    /// Unlinks `slot`, a removed one, if the index still lists it: the slot is freed once
+    /// nobody counts it and no thread pinned now could still reach it.
+    pub(crate) fn unlink(&self, slot: &Slot<K, V>, pin: &Guard) {
+        self.raise_floor(slot);
+        self.index.unlink(slot, pin);
+    }
+
+    fn raise_floor(&self, removed: &Slot<K, V>) {
+        let pin = crate::primitive::pin();
+        let tombstone = removed.load(&pin).version();
+        debug_assert!(tombstone & REMOVED != 0, "only a removed key is unlinked");
+        // Before the unlinking: a creator that no longer finds the key sees this floor.
+        self.floor.fetch_max(tombstone & !REMOVED, SeqCst);
     }
 
     /// How many keys were created so far.
@@ -76,9 +146,9 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
         self.created.load(SeqCst)
     }
 
-    /// Every slot, in no particular order.
-    pub(crate) fn slots(&self) -> Vec<&Slot<K, V>> {
-        self.index.slots()
+    /// Every slot listed, in no particular order, for use under `pin`.
+    pub(crate) fn slots<'g>(&'g self, pin: &'g Guard) -> Vec<&'g Slot<K, V>> {
+        self.index.slots(pin)
     }
 
     /// How many keys there are.
@@ -89,7 +159,7 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
 
 #[cfg(not(loom))]
 mod index {
-    use super::{Slot, SlotBox};
+    use super::{Guard, Slot, SlotBox, SlotRef};
     use dashmap::mapref::entry::Entry;
     use dashmap::DashMap;
     use std::borrow::Borrow;
@@ -161,38 +231,60 @@ mod index {
             ))
         }
 
-        pub(super) fn get<Q>(&self, key: &Q) -> Option<&Slot<K, V>>
+        pub(super) fn find<'g, Q>(&'g self, key: &Q, _pin: &'g Guard) -> Option<&'g Slot<K, V>>
         where
             K: Borrow<Q>,
             Q: Hash + Eq + ?Sized,
         {
             let slot = self.0.get(Borrowed::new(key))?.key().0;
-            // SAFETY: the slot's allocation outlives the table borrow (`SlotBox`).
+            // SAFETY: listed after the caller pinned, so retired (if ever) after that pin began
+            // and freed after it ends; or freed with the table, which 'g borrows.
             Some(unsafe { slot.as_ref() })
+        }
+
+        pub(super) fn get<Q>(&self, key: &Q) -> Option<SlotRef<'_, K, V>>
+        where
+            K: Borrow<Q>,
+            Q: Hash + Eq + ?Sized,
+        {
+            Some(self.0.get(Borrowed::new(key))?.key().get().add_ref())
         }
 
         pub(super) fn len(&self) -> usize {
             self.0.len()
         }
 
+        /// The slot listed for `new`'s key, counted, with `new` back if it was not listed; or
+        /// `new` itself, listed after `start` ran on it under the shard's lock.
         pub(super) fn get_or_insert(
             &self,
             new: SlotBox<K, V>,
-            created: impl FnOnce(),
-        ) -> &Slot<K, V> {
-            let slot = match self.0.entry(new) {
-                Entry::Occupied(found) => found.key().0,
-                Entry::Vacant(vacant) => {
-                    created(); // under the shard's lock: see `Table::created`
-                    vacant.insert(()).key().0
+            start: impl FnOnce(&Slot<K, V>),
+        ) -> (SlotRef<'_, K, V>, Option<SlotBox<K, V>>) {
+            match self.0.entry(new) {
+                Entry::Occupied(found) => {
+                    let slot = found.key().get().add_ref();
+                    (slot, Some(found.into_key()))
                 }
-            };
-            // SAFETY: as in `get`.
-            unsafe { slot.as_ref() }
+                Entry::Vacant(vacant) => {
+                    start(vacant.key().get());
+                    let slot = vacant.key().get().add_ref();
+                    vacant.insert(());
+                    (slot, None)
+                }
+            }
         }
 
-        pub(super) fn slots(&self) -> Vec<&Slot<K, V>> {
-            // SAFETY: as in `get`.
+        /// Unlinks `slot` if it is still listed, and lets go of the index's count on it.
+        pub(super) fn unlink(&self, slot: &Slot<K, V>, pin: &Guard) {
+            let listed = |b: &SlotBox<K, V>, _: &()| std::ptr::eq(b.get(), slot);
+            if let Some((unlinked, ())) = self.0.remove_if(Borrowed::new(&slot.key), listed) {
+                unlinked.unlinked(pin);
+            }
+        }
+
+        pub(super) fn slots<'g>(&'g self, _pin: &'g Guard) -> Vec<&'g Slot<K, V>> {
+            // SAFETY: as in `find`.
             self.0
                 .iter()
                 .map(|e| unsafe { e.key().0.as_ref() })
@@ -203,8 +295,9 @@ mod index {
 
 #[cfg(loom)]
 mod index {
-    use super::{Slot, SlotBox};
+    use super::{Guard, Slot, SlotBox, SlotRef};
     use loom::sync::Mutex;
+    use std::borrow::Borrow;
     use std::collections::BTreeMap;
     use std::marker::PhantomData;
 
@@ -217,14 +310,22 @@ mod index {
             Self(Mutex::new(BTreeMap::new()), PhantomData)
         }
 
-        pub(super) fn get<Q>(&self, key: &Q) -> Option<&Slot<K, V>>
+        pub(super) fn find<'g, Q>(&'g self, key: &Q, _pin: &'g Guard) -> Option<&'g Slot<K, V>>
         where
-            K: std::borrow::Borrow<Q>,
+            K: Borrow<Q>,
             Q: Ord + ?Sized,
         {
             let slot = self.0.lock().unwrap().get(key)?.0;
-            // SAFETY: the slot's allocation outlives the table borrow (`SlotBox`).
+            // SAFETY: as in the `DashMap` index's `find`.
             Some(unsafe { slot.as_ref() })
+        }
+
+        pub(super) fn get<Q>(&self, key: &Q) -> Option<SlotRef<'_, K, V>>
+        where
+            K: Borrow<Q>,
+            Q: Ord + ?Sized,
+        {
+            Some(self.0.lock().unwrap().get(key)?.get().add_ref())
         }
 
         pub(super) fn len(&self) -> usize {
@@ -234,24 +335,33 @@ mod index {
         pub(super) fn get_or_insert(
             &self,
             new: SlotBox<K, V>,
-            created: impl FnOnce(),
-        ) -> &Slot<K, V> {
+            start: impl FnOnce(&Slot<K, V>),
+        ) -> (SlotRef<'_, K, V>, Option<SlotBox<K, V>>) {
             let mut index = self.0.lock().unwrap();
-            let key = new.get().key.clone();
-            let slot = index
-                .entry(key)
-                .or_insert_with(|| {
-                    created();
-                    new
-                })
-                .0;
-            // SAFETY: as in `get`.
-            unsafe { slot.as_ref() }
+            if let Some(listed) = index.get(&new.get().key) {
+                return (listed.get().add_ref(), Some(new));
+            }
+            start(new.get());
+            let slot = new.get().add_ref();
+            index.insert(new.get().key.clone(), new);
+            (slot, None)
         }
 
-        pub(super) fn slots(&self) -> Vec<&Slot<K, V>> {
+        pub(super) fn unlink(&self, slot: &Slot<K, V>, pin: &Guard) {
+            let mut index = self.0.lock().unwrap();
+            if index
+                .get(&slot.key)
+                .is_some_and(|b| std::ptr::eq(b.get(), slot))
+            {
+                let unlinked = index.remove(&slot.key).expect("listed");
+                drop(index);
+                unlinked.unlinked(pin);
+            }
+        }
+
+        pub(super) fn slots<'g>(&'g self, _pin: &'g Guard) -> Vec<&'g Slot<K, V>> {
             let index = self.0.lock().unwrap();
-            // SAFETY: as in `get`.
+            // SAFETY: as in `find`.
             index.values().map(|b| unsafe { b.0.as_ref() }).collect()
         }
     }

@@ -6,7 +6,7 @@
 use std::alloc::{self, Layout};
 use std::ptr::{self, NonNull};
 
-use super::{free_record, Frozen, Record, Slot};
+use super::{free_record, Frozen, Record, Slot, SlotRef};
 use crate::primitive::{pin, AtomicU8, AtomicUsize, Guard, Ordering::Release, Ordering::SeqCst};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +42,7 @@ pub(crate) struct Txn<K, V> {
 pub(crate) struct Entry<K, V> {
     /// The slot's id: entries are sorted by it, which is the order of claims.
     pub(crate) id: u64,
+    /// Counted (from the entry's `SlotRef`) until the descriptor's count reaches zero.
     slot: *const Slot<K, V>,
     txn: *const Txn<K, V>,
     /// The version the handle read (commits).
@@ -51,11 +52,14 @@ pub(crate) struct Entry<K, V> {
     frozen: AtomicUsize,
     /// The record a commit installs; null for a key that is only validated.
     after: *mut Record<V>,
+    /// Whether `after` is a tombstone.
+    pub(crate) removes: bool,
 }
 
 /// What an entry starts from.
 pub(crate) struct EntryInit<'s, K, V> {
-    pub(crate) slot: &'s Slot<K, V>,
+    /// The entry takes this count over.
+    pub(crate) slot: SlotRef<'s, K, V>,
     pub(crate) expect: u64,
     pub(crate) after: Option<Box<Record<V>>>,
 }
@@ -129,6 +133,16 @@ impl<K, V> Txn<K, V> {
 
     fn unref(&self, pin: &Guard) {
         if self.refs.fetch_sub(1, SeqCst) == 1 {
+            // The entries' slot counts go now, not with the descriptor: a slot retired now is
+            // freed only after the threads pinned now unpin, and only those can still reach it
+            // through this descriptor (the module docs' hazard: a helper that pins later cannot
+            // find the descriptor any more).
+            if !cfg!(stm_mutation = "uncounted_entries") {
+                for entry in self.entries() {
+                    // SAFETY: each entry's count is let go of once, here, at the last count.
+                    unsafe { SlotRef::release_raw(pin, entry.slot) }
+                }
+            }
             let ptr = self.this;
             // SAFETY: the count is zero: the owner has taken every claim out of its slot and
             // no helper can install one any more (`hold` fails), so nothing reaches the
@@ -162,8 +176,9 @@ impl<K, V> Txn<K, V> {
 
 impl<K, V> Entry<K, V> {
     pub(crate) fn slot(&self) -> &Slot<K, V> {
-        // SAFETY: slots live as long as their store, and a transaction is used only inside
-        // calls on that store (a commit never mixes stores: see `protocol::commit`).
+        // SAFETY: the entry counts its slot until the descriptor's count reaches zero, and
+        // whoever reaches the entry either holds a count on the descriptor or was pinned
+        // before it reached zero (`Txn::unref`).
         unsafe { &*self.slot }
     }
 
@@ -267,11 +282,13 @@ impl<K, V> Owner<K, V> {
         }
         impl<K, V> Drop for Building<K, V> {
             fn drop(&mut self) {
+                let pin = pin();
                 // SAFETY: the first `built` entries were written; nothing was published.
                 unsafe {
                     let first = (*self.txn.as_ptr())._entries.as_mut_ptr();
                     for i in 0..self.built {
                         free_record((*first.add(i)).after);
+                        SlotRef::release_raw(&pin, (*first.add(i)).slot);
                     }
                     alloc::dealloc(self.txn.as_ptr().cast(), self.layout);
                 }
@@ -297,10 +314,15 @@ impl<K, V> Owner<K, V> {
             for init in entries.into_iter().take(len) {
                 first.add(building.built).write(Entry {
                     id: init.slot.id,
-                    slot: init.slot,
+                    slot: if cfg!(stm_mutation = "uncounted_entries") {
+                        &*init.slot // the deliberate breakage: the entry's count is dropped
+                    } else {
+                        init.slot.into_raw()
+                    },
                     txn: raw,
                     expect: init.expect,
                     frozen: AtomicUsize::new(0),
+                    removes: init.after.as_ref().is_some_and(|after| after.is_removed()),
                     after: init.after.map_or(ptr::null_mut(), Box::into_raw),
                 });
                 building.built += 1;
