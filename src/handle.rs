@@ -410,9 +410,13 @@ impl<'s, K, V> Collection<'s, K, V> {
 #[cfg(any(loom, feature = "test-hooks"))]
 pub struct Paused<'a, 's, K, V> {
     /// `None` for an empty collection: nothing to commit.
-    commit: Option<(&'s dyn Home<K, V>, protocol::Paused<K, V>)>,
+    commit: Option<PausedCommit<'s, K, V>>,
     collection: &'a mut Collection<'s, K, V>,
 }
+
+/// A paused commit, and the store it will finish in.
+#[cfg(any(loom, feature = "test-hooks"))]
+type PausedCommit<'s, K, V> = (&'s dyn Home<K, V>, protocol::Paused<K, V>);
 
 #[cfg(any(loom, feature = "test-hooks"))]
 impl<K, V> Paused<'_, '_, K, V> {
