@@ -244,13 +244,20 @@ impl<'g, K, V> Loaded<'g, K, V> {
         }
     }
 
+    /// The logical version, with the bit of a tombstone: no handle can have read it, so no
+    /// commit expects it (the deliberate breakage `writable_tombstone` drops the bit, so that
+    /// commits land over removals).
     pub(crate) fn version(self) -> u64 {
-        self.logical().map_or(0, |record| record.version)
+        let version = self.logical().map_or(0, |record| record.version);
+        match cfg!(stm_mutation = "writable_tombstone") {
+            true => version & !REMOVED,
+            false => version,
+        }
     }
 
     /// Whether the key was removed (a tombstone: final).
     pub(crate) fn removed(self) -> bool {
-        self.version() & REMOVED != 0
+        self.logical().is_some_and(Record::is_removed)
     }
 
     /// The transaction of an undecided claim here: help it, never replace it (I1).

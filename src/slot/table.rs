@@ -115,7 +115,7 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
     /// the floor, and counted as created.
     fn start(&self, slot: &Slot<K, V>) {
         let floor = self.floor.load(SeqCst);
-        if floor > 0 {
+        if floor > 0 && !cfg!(stm_mutation = "no_floor") {
             let record = Box::new(Record {
                 version: floor + 1,
                 value: None,
@@ -135,10 +135,10 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
 
     fn raise_floor(&self, removed: &Slot<K, V>) {
         let pin = crate::primitive::pin();
-        let tombstone = removed.load(&pin).version();
-        debug_assert!(tombstone & REMOVED != 0, "only a removed key is unlinked");
+        let tombstone = removed.load(&pin);
+        debug_assert!(tombstone.removed(), "only a removed key is unlinked");
         // Before the unlinking: a creator that no longer finds the key sees this floor.
-        self.floor.fetch_max(tombstone & !REMOVED, SeqCst);
+        self.floor.fetch_max(tombstone.version() & !REMOVED, SeqCst);
     }
 
     /// How many keys were created so far.
