@@ -141,9 +141,9 @@ impl<'s, K, V> SlotRef<'s, K, V> {
     ///
     /// # Safety
     /// `slot` came from `into_raw`, and its count is let go of once.
-    unsafe fn release_raw(pin: &Guard, slot: *const Slot<K, V>) {
+    unsafe fn release_raw(slot: *const Slot<K, V>) {
         // SAFETY: the count handed over keeps the slot alive until this call.
-        unsafe { (*slot).unref(pin) }
+        unsafe { (*slot).unref() }
     }
 }
 
@@ -165,7 +165,7 @@ impl<K, V> Deref for SlotRef<'_, K, V> {
 
 impl<K, V> Drop for SlotRef<'_, K, V> {
     fn drop(&mut self) {
-        self.unref(&crate::primitive::pin());
+        self.unref();
     }
 }
 
@@ -308,16 +308,22 @@ impl<K, V> Slot<K, V> {
     /// Lets go of one count; the last one out retires the slot. Every count but the index's is
     /// a [`SlotRef`] or a descriptor entry's; the index lets go of its own once it unlinked
     /// the slot.
-    pub(crate) fn unref(&self, pin: &Guard) {
-        if self.refs.fetch_sub(1, SeqCst) != 1 {
-            return;
+    pub(crate) fn unref(&self) {
+        if self.refs.fetch_sub(1, SeqCst) == 1 {
+            self.retire(&crate::primitive::pin());
         }
+    }
+
+    /// Hands the slot to the epoch, at count zero. Pinning only now is enough: the threads that
+    /// can still reach the slot found it in the index before it was unlinked, under pins that
+    /// began before this one, and the slot is freed only once they have all ended.
+    fn retire(&self, pin: &Guard) {
         let slot = self as *const Self as *mut Self;
         #[cfg(loom)]
         {
             // Leaked under loom, and marked (see `freed`).
-            // SAFETY: as below; the closure only writes an atomic of a leaked slot.
             let slot = slot as usize;
+            // SAFETY: the closure only writes an atomic of a slot that is never freed.
             unsafe {
                 pin.defer_unchecked(move || {
                     (*(slot as *const Self)).freed.store(1, SeqCst);
@@ -326,9 +332,8 @@ impl<K, V> Slot<K, V> {
         }
         #[cfg(not(loom))]
         // SAFETY: the count is zero, so the index has unlinked the slot and nothing counts it:
-        // only threads pinned now, which found it in the index before it was unlinked, can
-        // reach it. It was allocated as a `Box` by the table, and is freed once, after they
-        // unpin.
+        // only threads pinned now can reach it (above). It was allocated as a `Box` by the
+        // table, and is freed once, after they unpin.
         unsafe {
             pin.defer_unchecked(move || drop(Box::from_raw(slot)))
         }

@@ -32,9 +32,9 @@ impl<K, V> SlotBox<K, V> {
     }
 
     /// Unlinked: the index's ownership becomes its count, let go of here.
-    fn unlinked(self, pin: &Guard) {
+    fn unlinked(self) {
         let slot = std::mem::ManuallyDrop::new(self);
-        slot.get().unref(pin);
+        slot.get().unref();
     }
 }
 
@@ -129,13 +129,12 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
     /// Unlinks `slot`, a removed one, if the index still lists it: the slot is freed once
     /// nobody counts it and no thread pinned now could still reach it.
     pub(crate) fn unlink(&self, slot: &Slot<K, V>, pin: &Guard) {
-        self.raise_floor(slot);
-        self.index.unlink(slot, pin);
+        self.raise_floor(slot, pin);
+        self.index.unlink(slot);
     }
 
-    fn raise_floor(&self, removed: &Slot<K, V>) {
-        let pin = crate::primitive::pin();
-        let tombstone = removed.load(&pin);
+    fn raise_floor(&self, removed: &Slot<K, V>, pin: &Guard) {
+        let tombstone = removed.load(pin);
         debug_assert!(tombstone.removed(), "only a removed key is unlinked");
         // Before the unlinking: a creator that no longer finds the key sees this floor.
         self.floor.fetch_max(tombstone.version() & !REMOVED, SeqCst);
@@ -276,10 +275,10 @@ mod index {
         }
 
         /// Unlinks `slot` if it is still listed, and lets go of the index's count on it.
-        pub(super) fn unlink(&self, slot: &Slot<K, V>, pin: &Guard) {
+        pub(super) fn unlink(&self, slot: &Slot<K, V>) {
             let listed = |b: &SlotBox<K, V>, _: &()| std::ptr::eq(b.get(), slot);
             if let Some((unlinked, ())) = self.0.remove_if(Borrowed::new(&slot.key), listed) {
-                unlinked.unlinked(pin);
+                unlinked.unlinked();
             }
         }
 
@@ -347,7 +346,7 @@ mod index {
             (slot, None)
         }
 
-        pub(super) fn unlink(&self, slot: &Slot<K, V>, pin: &Guard) {
+        pub(super) fn unlink(&self, slot: &Slot<K, V>) {
             let mut index = self.0.lock().unwrap();
             if index
                 .get(&slot.key)
@@ -355,7 +354,7 @@ mod index {
             {
                 let unlinked = index.remove(&slot.key).expect("listed");
                 drop(index);
-                unlinked.unlinked(pin);
+                unlinked.unlinked();
             }
         }
 

@@ -140,7 +140,7 @@ impl<K, V> Txn<K, V> {
             if !cfg!(stm_mutation = "uncounted_entries") {
                 for entry in self.entries() {
                     // SAFETY: each entry's count is let go of once, here, at the last count.
-                    unsafe { SlotRef::release_raw(pin, entry.slot) }
+                    unsafe { SlotRef::release_raw(entry.slot) }
                 }
             }
             let ptr = self.this;
@@ -282,13 +282,12 @@ impl<K, V> Owner<K, V> {
         }
         impl<K, V> Drop for Building<K, V> {
             fn drop(&mut self) {
-                let pin = pin();
                 // SAFETY: the first `built` entries were written; nothing was published.
                 unsafe {
                     let first = (*self.txn.as_ptr())._entries.as_mut_ptr();
                     for i in 0..self.built {
                         free_record((*first.add(i)).after);
-                        SlotRef::release_raw(&pin, (*first.add(i)).slot);
+                        SlotRef::release_raw((*first.add(i)).slot);
                     }
                     alloc::dealloc(self.txn.as_ptr().cast(), self.layout);
                 }
