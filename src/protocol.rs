@@ -87,7 +87,11 @@ pub(crate) fn commit<'a, 's: 'a, K: 's, V: Clone + 's>(
     parts: impl ExactSizeIterator<Item = Part<'a, 's, K, V>> + Clone,
 ) -> Result<(), Error> {
     let shared = home.shared();
-    let writes = parts.clone().filter(|part| part.write.is_some()).count();
+    let (mut writes, mut removes) = (0, 0);
+    for write in parts.clone().filter_map(|part| part.write) {
+        writes += 1;
+        removes += usize::from(matches!(write, Write::Remove));
+    }
     let result = match (writes, parts.len()) {
         (0, _) => validate(parts.clone()),
         (1, 1) => {
@@ -102,7 +106,7 @@ pub(crate) fn commit<'a, 's: 'a, K: 's, V: Clone + 's>(
     } else {
         Count::Conflict
     });
-    if result.is_ok() {
+    if removes > 0 && result.is_ok() {
         unlink_removed(home, parts);
     }
     result

@@ -558,9 +558,9 @@ where
         pin: &'g Guard,
     ) -> (SlotRef<'s, K, V>, Option<&'g Record<V>>) {
         loop {
-            let current = slot.load(pin);
-            if !current.removed() {
-                return (slot, current.logical());
+            let record = slot.load(pin).logical();
+            if !record.is_some_and(Record::is_removed) {
+                return (slot, record);
             }
             self.table.unlink(&slot, pin);
             slot = self.create(slot.key.clone());
