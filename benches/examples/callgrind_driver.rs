@@ -1,11 +1,16 @@
-//! One workload, a fixed number of operations on 2 threads, for instruction counts under
-//! callgrind (`valgrind --tool=callgrind target/release/examples/callgrind_driver transfer`):
-//! the A/B of the statistics counters in BENCHMARKS.md. Workloads: commit1, hot_key,
-//! transfer, atomically, read_mostly, snapshot.
+//! One workload, a fixed number of operations per thread, for instruction counts under
+//! callgrind (`valgrind --tool=callgrind target/release/examples/callgrind_driver transfer`)
+//! and for A/B timings of two builds (it prints the nanoseconds per operation): the A/Bs of
+//! the statistics counters and of key removal in BENCHMARKS.md. Workloads: commit1, hot_key,
+//! transfer, atomically, read_mostly, snapshot. `OPS` (20,000) and `THREADS` (2) in the
+//! environment change the operations per thread and the threads.
 use std::thread;
+use std::time::Instant;
 use stm_store::{Error, Store};
 
-const OPS: u64 = 20_000;
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| v.parse().expect("a whole number"))
+}
 
 fn rng(seed: u64) -> impl FnMut(u64) -> u64 {
     let mut x = seed | 1;
@@ -43,13 +48,15 @@ fn transfer(store: &Store<u64, u64>, from: u64, to: u64) {
 
 fn main() {
     let work = std::env::args().nth(1).expect("workload");
+    let (ops, threads) = (env_or("OPS", 20_000), env_or("THREADS", 2));
     let store: Store<u64, u64> = (0..1024).map(|k| (k, 1000)).collect();
+    let began = Instant::now();
     thread::scope(|s| {
-        for t in 0..2u64 {
+        for t in 0..threads {
             let (store, work) = (&store, work.as_str());
             s.spawn(move || {
                 let mut r = rng(t + 7);
-                for _ in 0..OPS {
+                for _ in 0..ops {
                     match work {
                         "transfer" => {
                             let (a, b) = (r(64), r(63));
@@ -92,4 +99,6 @@ fn main() {
             });
         }
     });
+    let per_op = began.elapsed().as_nanos() as f64 / (ops * threads) as f64;
+    println!("{per_op:.1}");
 }
