@@ -1,6 +1,7 @@
 //! Multi-threaded stress: lost updates, bank transfers under auditing snapshots, write skew,
-//! disjoint keys, Axon.STM's dining philosophers, and `dump` while another thread keeps
-//! creating keys.
+//! disjoint keys, Axon.STM's dining philosophers, `dump` while another thread keeps creating
+//! keys, and removal (contract 22-23): accounts opened and closed under auditing snapshots, and
+//! counters removed and created again while they are incremented.
 //!
 //! Each test checks invariants that a broken protocol violates (a lost or torn write, a
 //! non-serializable outcome, a false conflict, a fork held twice), not just the absence of
@@ -582,4 +583,318 @@ fn dump_sums_to_zero_while_keys_are_created_and_written_together() {
     let dump = store.dump();
     assert_eq!(dump[0], (TOTAL, written + 1, Some(-(written as i64))));
     assert_eq!(dump.len() as u64, PRE + written);
+}
+
+/// Counts a worker out when it is dropped, also by a panic: the threads that run until every
+/// worker is done must not spin for ever after one failed.
+struct Leaving<'a>(&'a AtomicUsize);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One row of a snapshot: key, version, value.
+type Row<K, V> = (K, u64, Option<V>);
+
+/// A whole-store snapshot by each of the store's ways of taking one, in turn: `dump`,
+/// `snapshot`, `snapshot_range` over everything, and `using` over `keys` (which creates the
+/// keys that are absent, with no value: readers that create keys, as a service's would).
+fn any_snapshot<K, V>(
+    store: &Store<K, V>,
+    turn: u64,
+    keys: impl IntoIterator<Item = K>,
+) -> Vec<Row<K, V>>
+where
+    K: Ord + std::hash::Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let rows = |s: &stm_store::Snapshot<'_, K, V>| -> Vec<Row<K, V>> {
+        s.iter()
+            .map(|(k, v, x)| (k.clone(), v, x.cloned()))
+            .collect()
+    };
+    match turn % 4 {
+        0 => store.dump(),
+        1 => store.snapshot(rows),
+        2 => store.snapshot_range(.., rows),
+        _ => {
+            let c = store.using(keys).unwrap();
+            c.iter()
+                .map(|(k, v)| (k.clone(), v.version(), v.value().cloned()))
+                .collect()
+        }
+    }
+}
+
+#[test]
+fn accounts_open_and_close_while_audits_conserve_the_total() {
+    // Accounts opened and closed while money moves (contract 22-23 under threads). Key k is an
+    // open account while it has a value. Closing one moves its balance into another open
+    // account and removes it, in one commit; opening one gives a key without a value (absent,
+    // or read but never written) the balance 0. Three movers (two with handles, one with
+    // transactions) transfer, close and open at random; two auditors take snapshots every way
+    // the store offers. Every snapshot holds the whole total (a close seen half-done would lose
+    // a balance or count it twice), lists its keys in order, and shows no key's version going
+    // back from one snapshot to the next, across its removal and re-creation too. At the end,
+    // the open accounts are exactly the first ones, plus the opens and minus the closes that
+    // landed (a removal or a creation lost, or landing twice, shows there).
+    const ACCOUNTS: u64 = 12;
+    const START: i64 = 1_000;
+    const TOTAL: i64 = START * ACCOUNTS as i64;
+    const MOVERS: usize = 3;
+    // A second or two in a debug build; an optimised one runs each operation only about four
+    // times faster here (SCALE's 20 would make it half a minute).
+    const OPS: u64 = if cfg!(debug_assertions) {
+        150_000
+    } else {
+        600_000
+    };
+    let store: Store<u64, i64> = (0..ACCOUNTS).map(|k| (k, START)).collect();
+    let moving = AtomicUsize::new(MOVERS);
+
+    let audit = |rows: &[Row<u64, i64>], last: &mut [u64]| {
+        assert!(
+            rows.windows(2).all(|w| w[0].0 < w[1].0),
+            "not in key order: {rows:?}"
+        );
+        let total: i64 = rows.iter().filter_map(|(_, _, x)| *x).sum();
+        assert_eq!(
+            total, TOTAL,
+            "a snapshot saw money appear or vanish: {rows:?}"
+        );
+        for (k, version, _) in rows {
+            let last = &mut last[*k as usize];
+            assert!(*version >= *last, "key {k}: version {version} after {last}");
+            *last = *version;
+        }
+    };
+
+    // Movers return (opens, closes) that landed; auditors their snapshot count.
+    let (tally, results) = together(MOVERS + 2, |t| {
+        let mut tally = Tally::default();
+        if t >= MOVERS {
+            let (mut last, mut turn) = (vec![0; ACCOUNTS as usize], t as u64);
+            while moving.load(Ordering::SeqCst) > 0 || turn < 8 {
+                audit(&any_snapshot(&store, turn, 0..ACCOUNTS), &mut last);
+                turn += 1;
+            }
+            return (tally, (0, 0, turn));
+        }
+        let _leaving = Leaving(&moving);
+        let by_tx = t == MOVERS - 1;
+        let mut rng = XorShift::new(t as u64 + 17);
+        let (mut opens, mut closes) = (0u64, 0u64);
+        for _ in 0..OPS {
+            let (a, b) = rng.pair(ACCOUNTS);
+            let amount = 1 + rng.below(50) as i64;
+            match (rng.below(10), by_tx) {
+                (0..=5, false) => loop {
+                    let mut c = store.using([a, b]).unwrap();
+                    let (Some(&x), Some(&y)) = (c[&a].value(), c[&b].value()) else {
+                        break; // one of them is closed
+                    };
+                    c[&a].set(x - amount);
+                    c[&b].set(y + amount);
+                    if tally.record(c.commit()) {
+                        break;
+                    }
+                },
+                (0..=5, true) => store.atomically(|tx| {
+                    if let (Some(x), Some(y)) = (tx.get(&a)?, tx.get(&b)?) {
+                        tx.set(&a, x - amount)?;
+                        tx.set(&b, y + amount)?;
+                    }
+                    Ok(())
+                }),
+                (6..=7, false) => loop {
+                    let mut c = store.using([a, b]).unwrap();
+                    let (Some(&x), Some(&y)) = (c[&a].value(), c[&b].value()) else {
+                        break;
+                    };
+                    c[&b].set(x + y);
+                    c[&a].remove();
+                    if tally.record(c.commit()) {
+                        closes += 1;
+                        break;
+                    }
+                },
+                (6..=7, true) => {
+                    let closed = store.atomically(|tx| match (tx.get(&a)?, tx.get(&b)?) {
+                        (Some(x), Some(y)) => {
+                            tx.set(&b, x + y)?;
+                            tx.remove(&a)?;
+                            Ok(true)
+                        }
+                        _ => Ok(false),
+                    });
+                    closes += u64::from(closed);
+                }
+                (_, false) => loop {
+                    let mut v = store.usevar(a).unwrap();
+                    if v.value().is_some() {
+                        break; // open already
+                    }
+                    v.set(0);
+                    if tally.record(v.commit()) {
+                        opens += 1;
+                        break;
+                    }
+                },
+                (_, true) => {
+                    let opened = store.atomically(|tx| match tx.get(&a)? {
+                        Some(_) => Ok(false),
+                        None => tx.set(&a, 0).map(|()| true),
+                    });
+                    opens += u64::from(opened);
+                }
+            }
+        }
+        (tally, (opens, closes, 0))
+    });
+    let (opens, closes) = results[..MOVERS]
+        .iter()
+        .fold((0, 0), |(o, c), r| (o + r.0, c + r.1));
+    assert!(results[MOVERS..].iter().all(|r| r.2 > 0));
+    assert!(opens > 0 && closes > 0, "{opens} opens, {closes} closes");
+    let end = store.dump();
+    audit(&end, &mut vec![0; ACCOUNTS as usize]);
+    let open = end.iter().filter(|(_, _, x)| x.is_some()).count() as u64;
+    assert_eq!(
+        open,
+        ACCOUNTS + opens - closes,
+        "{opens} opens and {closes} closes landed: {end:?} ({tally:?})"
+    );
+}
+
+#[test]
+fn counters_removed_and_created_again_lose_no_increment() {
+    // No lost update across removals. Each counter's value holds, per thread, how many
+    // increments that thread made to it since the counter was created. Banking a counter adds
+    // its value into the banking thread's bank and removes the counter, in one commit; the next
+    // increment creates it again. Four threads (two with handles, two with transactions)
+    // increment and bank at random, counting their own increments; an auditor sums each
+    // thread's share over the whole store in snapshots. Exact at the end: for every thread, its
+    // share over counters and banks equals the increments it counted (an increment that landed
+    // on a removed counter, a removal that landed over an increment, a bank made twice, all show).
+    // While it runs: each thread's share only grows from one snapshot to the next (banking only
+    // moves it, so a snapshot that saw a counter removed but not its bank would show a drop),
+    // and each thread's commits to a counter write ever higher versions, across removals.
+    const THREADS: usize = 4;
+    const COUNTERS: u64 = 3;
+    // A second or two in a debug build; an optimised one runs each operation only about four
+    // times faster here (SCALE's 20 would make it half a minute).
+    const OPS: u64 = if cfg!(debug_assertions) {
+        150_000
+    } else {
+        600_000
+    };
+    type Share = [u64; THREADS];
+    let store: Store<(u8, u64), Share> = Store::new();
+    let counter = |c: u64| (0u8, c);
+    let bank = |t: usize| (1u8, t as u64);
+    let running = AtomicUsize::new(THREADS);
+
+    let (tally, made) = together(THREADS + 1, |t| {
+        let mut tally = Tally::default();
+        if t == THREADS {
+            let (mut last, mut turn) = ([0u64; THREADS], 0);
+            while running.load(Ordering::SeqCst) > 0 || turn < 8 {
+                let rows = any_snapshot(&store, turn, (0..COUNTERS).map(counter));
+                // `using` reads the counters only: their shares need not grow.
+                if turn % 4 != 3 {
+                    let mut share = [0u64; THREADS];
+                    for (_, _, value) in &rows {
+                        let value = value.unwrap_or_default();
+                        share.iter_mut().zip(value).for_each(|(s, v)| *s += v);
+                    }
+                    for (i, (now, before)) in share.iter().zip(&mut last).enumerate() {
+                        assert!(
+                            now >= before,
+                            "thread {i}'s share fell from {before} to {now}: {rows:?}"
+                        );
+                        *before = *now;
+                    }
+                }
+                turn += 1;
+            }
+            return (tally, turn);
+        }
+        let _leaving = Leaving(&running);
+        let by_tx = t % 2 == 1;
+        let mut rng = XorShift::new(t as u64 + 101);
+        let (mut increments, mut last_version) = (0, [0u64; COUNTERS as usize]);
+        for _ in 0..OPS {
+            let c = rng.below(COUNTERS);
+            let banking = rng.below(8) == 0;
+            let written = match (banking, by_tx) {
+                (false, false) => loop {
+                    let mut v = store.usevar(counter(c)).unwrap();
+                    let mut share = v.value().copied().unwrap_or_default();
+                    share[t] += 1;
+                    v.set(share);
+                    if tally.record(v.commit()) {
+                        break Some(v.version());
+                    }
+                },
+                (false, true) => Some(store.atomically(|tx| {
+                    let mut share = tx.get(&counter(c))?.unwrap_or_default();
+                    share[t] += 1;
+                    tx.set(&counter(c), share)?;
+                    Ok(tx.version(&counter(c))? + 1)
+                })),
+                (true, false) => loop {
+                    let mut pair = store.using([counter(c), bank(t)]).unwrap();
+                    let Some(&share) = pair[&counter(c)].value() else {
+                        break None; // nothing to bank
+                    };
+                    let mut banked = pair[&bank(t)].value().copied().unwrap_or_default();
+                    banked.iter_mut().zip(share).for_each(|(b, s)| *b += s);
+                    pair[&bank(t)].set(banked);
+                    pair[&counter(c)].remove();
+                    if tally.record(pair.commit()) {
+                        break Some(pair[&counter(c)].version());
+                    }
+                },
+                (true, true) => store.atomically(|tx| {
+                    let Some(share) = tx.get(&counter(c))? else {
+                        return Ok(None);
+                    };
+                    let mut banked = tx.get(&bank(t))?.unwrap_or_default();
+                    banked.iter_mut().zip(share).for_each(|(b, s)| *b += s);
+                    tx.set(&bank(t), banked)?;
+                    tx.remove(&counter(c))?;
+                    Ok(Some(tx.version(&counter(c))? + 1))
+                }),
+            };
+            if !banking {
+                increments += 1;
+            }
+            if let Some(version) = written {
+                let last = &mut last_version[c as usize];
+                assert!(
+                    version > *last,
+                    "counter {c}: wrote version {version} after {last}"
+                );
+                *last = version;
+            }
+        }
+        (tally, increments)
+    });
+    assert!(made[THREADS] > 0, "the auditor took no snapshot");
+    let end = store.dump();
+    assert!(
+        end.len() <= COUNTERS as usize + THREADS,
+        "{end:?} ({tally:?})"
+    );
+    let banks = end.iter().filter(|((kind, _), _, _)| *kind == 1).count();
+    assert!(banks > 0, "no counter was ever banked");
+    for (t, &made) in made[..THREADS].iter().enumerate() {
+        let share: u64 = end.iter().filter_map(|(_, _, x)| x.map(|x| x[t])).sum();
+        assert_eq!(
+            share, made,
+            "thread {t}: {made} increments, {share} accounted: {end:?}"
+        );
+    }
 }
