@@ -60,7 +60,7 @@ fn run_one<T>(path: &Path, name: &str, run: impl FnOnce() -> T) -> T {
 }
 
 /// Runs every file through both harnesses. Returns what the runs did (both harnesses'
-/// transactions; the paused commits of `interleave`).
+/// transactions and removals; the paused commits of `interleave`).
 fn replay(files: &[PathBuf]) -> harness::Stats {
     let mut stats = harness::Stats::default();
     for path in files {
@@ -72,12 +72,14 @@ fn replay(files: &[PathBuf]) -> harness::Stats {
     stats
 }
 
-/// The corpus must keep reaching every way a transaction ends, and reruns.
+/// The corpus must keep reaching every way a transaction ends, and reruns; and removals, with
+/// keys created again above the floor.
 fn assert_transactions_reached(stats: &harness::Stats) {
     assert!(
         stats.tx_ok > 0 && stats.tx_failed > 0 && stats.tx_timed_out > 0 && stats.tx_reruns > 0,
         "{stats:?}"
     );
+    assert!(stats.removals > 0 && stats.recreations > 0, "{stats:?}");
 }
 
 #[test]
@@ -103,6 +105,9 @@ fn interleave_corpus_replays() {
             "{stats:?}"
         );
         assert!(stats.abandoned > 0 && stats.max_worlds > 1, "{stats:?}");
+        // Removals that may have landed inside a stopped commit, looked up before a key is
+        // created (`Interleave::unlink_landed`).
+        assert!(stats.looked_up_landed > 0, "{stats:?}");
     }
     assert_transactions_reached(&stats);
 }
