@@ -79,7 +79,7 @@ impl<'s, K, V> Value<'s, K, V> {
         &self.slot.key
     }
 
-    /// The version read (0 for a key never written); after a successful commit that wrote this
+    /// The version read (0 for a key never written, in a store that never removed a key); after a successful commit that wrote this
     /// handle, the version it wrote.
     pub fn version(&self) -> u64 {
         self.version

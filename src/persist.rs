@@ -49,10 +49,11 @@ pub(crate) enum RestoreError {
     VersionTooLarge,
 }
 
-/// The largest version a snapshot may hold: commits add one to it, and no store commits a key
-/// 2^63 times, so a larger one is not a real snapshot (and could overflow).
+/// The largest version a snapshot may hold: 2^62. Commits add one to it and no store commits
+/// a key 2^62 times, so a larger one is not a real snapshot; and it keeps versions far below
+/// the bit that marks a removed key (2^63).
 #[cfg(feature = "serde")]
-const MAX_VERSION: u64 = u64::MAX >> 1;
+const MAX_VERSION: u64 = 1 << 62;
 
 #[cfg(feature = "serde")]
 impl std::fmt::Display for RestoreError {
@@ -60,13 +61,14 @@ impl std::fmt::Display for RestoreError {
         f.write_str(match self {
             Self::DuplicateKey => "a key appears twice in the snapshot",
             Self::ValueAtVersionZero => "a key has a value at version 0 (never written)",
-            Self::VersionTooLarge => "a key's version is above 2^63 - 1, which no commit reaches",
+            Self::VersionTooLarge => "a key's version is above 2^62, which no commit reaches",
         })
     }
 }
 
 /// Writes each pair as its own commit, in order: a key gets the value of its last pair, and
-/// its version goes up by one for each pair (a new key's first write is version 1).
+/// its version goes up by one for each pair (a new key's first write is version 1, in a store
+/// that never removed a key: contract point 23).
 ///
 /// ```
 /// let mut store: stm_store::Store<&str, u32> = [("a", 1), ("b", 2)].into_iter().collect();
@@ -141,7 +143,9 @@ mod with_serde {
     }
 
     /// A store holding exactly the rows of a serialized snapshot: each key with its version
-    /// and value. A key given twice, or a value at version 0, is an error.
+    /// and value. A key given twice, or a value at version 0, is an error. Only the rows are
+    /// saved, not which keys were removed: in the loaded store, a key removed before the save
+    /// starts again at version 0 when it is read.
     impl<'de, K, V, S> Deserialize<'de> for Store<K, V, S>
     where
         K: Ord + Hash + Clone + Send + Sync + 'static + Deserialize<'de>,

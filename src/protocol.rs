@@ -51,6 +51,7 @@ impl<V> Write<V> {
     where
         V: Clone,
     {
+        debug_assert!(read & REMOVED == 0, "no handle keeps a tombstone's version");
         let (removed, value) = match self {
             Self::Value(value) => (0, value.clone()),
             Self::Remove => (REMOVED, None),
@@ -150,7 +151,7 @@ fn commit_one<K, V: Clone>(
             help(&pin, blocker, slot.id, shared);
             continue;
         }
-        if current.version() != version {
+        if current.version() != version || current.removed() {
             return Err(Error::ConcurrentUpdate);
         }
         match slot.replace(&pin, current, record) {
@@ -325,7 +326,9 @@ pub(crate) fn claim<'g, K, V>(
             return Claimed::Blocked(other);
         }
         match txn.kind {
-            Kind::Commit if current.version() != entry.expect => return Claimed::Conflict,
+            Kind::Commit if current.version() != entry.expect || current.removed() => {
+                return Claimed::Conflict
+            }
             Kind::Commit => {
                 if slot.install_claim(pin, current, claimer, entry) {
                     return Claimed::Done;

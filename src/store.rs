@@ -102,7 +102,8 @@ where
         }
     }
 
-    /// Reads one key into a handle, creating the key (version 0, no value) if it is new.
+    /// Reads one key into a handle, creating the key (version 0, no value; above the versions of
+    /// removed keys once keys were removed, contract point 23) if it is new.
     ///
     /// The read never waits for a commit in progress: it sees the last committed record and
     /// copies its value out (`V::clone`; use `Arc<T>` for large values).
@@ -280,7 +281,8 @@ where
 
     /// Every key with its version and value, in key order: a consistent snapshot of the whole
     /// store (the keys listed are exactly the keys that existed at its instant), including
-    /// keys that were read but never written (version 0, no value).
+    /// keys that were read but never written (no value, at their first version), and none that
+    /// was removed.
     ///
     /// It completes whatever other threads do: while it runs, a thread about to create a key
     /// first takes such a snapshot itself (and hands it over), so creating keys cannot starve it.
@@ -346,12 +348,13 @@ where
         Q: Hash + Ord + ?Sized,
     {
         let slot = self.table.find(key, pin)?;
-        let current = slot.load(pin);
-        if current.removed() {
+        // One read of the record: a claim's logical record changes when its commit is decided.
+        let record = slot.load(pin).logical();
+        if record.is_some_and(Record::is_removed) {
             self.table.unlink(slot, pin);
             return None;
         }
-        Some(current.logical())
+        Some(record)
     }
 
     /// How many keys the store has: the number of rows [`dump`](Store::dump) would return.
@@ -558,7 +561,7 @@ where
         pin: &'g Guard,
     ) -> (SlotRef<'s, K, V>, Option<&'g Record<V>>) {
         loop {
-            let record = slot.load(pin).logical();
+            let record = slot.load(pin).logical(); // read once, as in `find`
             if !record.is_some_and(Record::is_removed) {
                 return (slot, record);
             }

@@ -141,7 +141,8 @@ where
         Ok(self.keys[at].current().is_some())
     }
 
-    /// The version of `key` as read by this transaction (0 for a key never written). A key
+    /// The version of `key` as read by this transaction (0 for a key never written, in a store that never
+    /// removed a key: contract point 23). A key
     /// this transaction writes gets this version + 1 when it commits.
     ///
     /// # Errors

@@ -16,10 +16,11 @@
 //!   claim only over a logical record of the entry's expected version. Per slot, versions
 //!   strictly increase, so a version names one record: every helper that installs the same
 //!   commit claim stores the same `before`.
+//! - I5: neither goes in over a tombstone (a removed key's record): removal is final.
 //!
 //! **Removal.** A removed key's slot holds a *tombstone*: a record whose version has the top
-//! bit ([`REMOVED`]) set. No commit expects such a version, so I4 alone makes a tombstone final:
-//! nothing is ever written over it, and a slot, once removed, stays removed.
+//! bit ([`REMOVED`]) set. No commit expects such a version (versions stay far below it), and I5
+//! refuses any write over it anyway: a slot, once removed, stays removed.
 //!
 //! **Ownership.**
 //! - A slot is counted: one count for the key index while it lists the slot, one for each
@@ -260,6 +261,12 @@ impl<'g, K, V> Loaded<'g, K, V> {
         self.logical().is_some_and(Record::is_removed)
     }
 
+    /// Whether nothing may be written over this (I5): a tombstone, unless the deliberate
+    /// breakage `writable_tombstone` lets commits land over removals.
+    fn is_final(self) -> bool {
+        self.removed() && !cfg!(stm_mutation = "writable_tombstone")
+    }
+
     /// The transaction of an undecided claim here: help it, never replace it (I1).
     pub(crate) fn blocker(self) -> Option<&'g Txn<K, V>> {
         let txn = match self.node() {
@@ -377,8 +384,12 @@ impl<K, V> Slot<K, V> {
         current: Loaded<'_, K, V>,
         record: Box<Record<V>>,
     ) -> Result<(), Box<Record<V>>> {
-        // A tombstone is one version newer too; nothing is (I4: tombstones are final).
-        if current.blocker().is_some() || record.version & !REMOVED != current.version() + 1 {
+        // Decided or plain from here (no blocker), so its logical record is fixed. A tombstone is
+        // one version newer too; nothing goes over a tombstone (I5).
+        if current.blocker().is_some()
+            || current.is_final()
+            || record.version & !REMOVED != current.version() + 1
+        {
             return Err(record);
         }
         let new = Box::into_raw(record);
@@ -405,7 +416,7 @@ impl<K, V> Slot<K, V> {
         entry: &Entry<K, V>,
     ) -> bool {
         debug_assert!(std::ptr::eq(entry.txn(), claimer.txn()) && entry.id == self.id);
-        if current.blocker().is_some() || current.version() != entry.expect {
+        if current.blocker().is_some() || current.is_final() || current.version() != entry.expect {
             return false;
         }
         // Every installer stores the same record here: the one of this version (I4).

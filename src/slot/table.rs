@@ -137,7 +137,10 @@ impl<K: Hash + Ord + Clone, V, S: BuildHasher + Clone> Table<K, V, S> {
         let tombstone = removed.load(pin);
         debug_assert!(tombstone.removed(), "only a removed key is unlinked");
         // Before the unlinking: a creator that no longer finds the key sees this floor.
-        self.floor.fetch_max(tombstone.version() & !REMOVED, SeqCst);
+        let version = tombstone.version() & !REMOVED;
+        if self.floor.load(SeqCst) < version {
+            self.floor.fetch_max(version, SeqCst);
+        }
     }
 
     /// How many keys were created so far.
