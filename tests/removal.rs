@@ -569,7 +569,11 @@ fn p23_a_key_removed_but_not_unlinked_yet_is_unlinked_before_it_is_created_again
     // z was created before anyone unlinked w: the store's floor did not count w's removal yet
     // (the contract promises versions per key, point 23).
     assert_eq!(z, 0);
-    assert_eq!(store.usevar("y").unwrap().version(), 12, "w unlinked: the floor counts it");
+    assert_eq!(
+        store.usevar("y").unwrap().version(),
+        12,
+        "w unlinked: the floor counts it"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
