@@ -2820,7 +2820,7 @@ mod self_test {
         let history = |events: &[Event]| [&created[..], events].concat();
         // The same commit twice: the second read version 0 of keys now at 1.
         assert!(replay(&history(&[commit.clone(), commit.clone()]), AFTER).is_err());
-        replay(&history(&[commit.clone()]), AFTER).unwrap();
+        replay(&history(std::slice::from_ref(&commit)), AFTER).unwrap();
         assert!(replay(&history(&[]), AFTER).is_err());
         // A key created twice, or a commit of a key never created.
         assert!(replay(&history(&[Event::Create(0, 0)]), BEFORE).is_err());
