@@ -354,6 +354,10 @@ where
             self.table.unlink(slot, pin);
             return None;
         }
+        // Deliberate breakage `double_read` (loom-tests/tests/removal_reads.rs): the record is
+        // read again after the check, so a removal decided in between leaks its tombstone.
+        #[cfg(stm_mutation = "double_read")]
+        let record = slot.load(pin).logical();
         Some(record)
     }
 
@@ -563,6 +567,9 @@ where
         loop {
             let record = slot.load(pin).logical(); // read once, as in `find`
             if !record.is_some_and(Record::is_removed) {
+                // Deliberate breakage `double_read`, as in `find`: a second read.
+                #[cfg(stm_mutation = "double_read")]
+                let record = slot.load(pin).logical();
                 return (slot, record);
             }
             self.table.unlink(&slot, pin);
