@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{within, Counts, Tracked, XorShift};
+use common::{current_tid, within, Counts, Tracked, XorShift};
 use stm_store::{Backoff, Error, Store, TxError};
 
 /// A liveness bound: a call that must finish at all (never a performance threshold).
@@ -31,38 +31,10 @@ const LIVENESS: Duration = Duration::from_secs(60);
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// The kernel id of the calling thread (Linux), to watch it sleep.
-fn current_tid() -> Option<u32> {
-    let link = std::fs::read_link("/proc/thread-self").ok()?;
-    link.file_name()?.to_str()?.parse().ok()
-}
-
-/// Whether the thread `tid` of this process is asleep (state `S`: blocked in the kernel).
-fn asleep(tid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
-        return false;
-    };
-    // "tid (comm) S ...": the command may hold spaces and parentheses; the state follows the
-    // last ')'.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        == Some('S')
-}
-
-/// Waits (yielding, no sleep) until the thread `tid` is asleep. A waiter in `retry` sleeps in
-/// the kernel only once it has registered and found nothing changed, so after this a commit can
-/// reach it only by waking it. Without `/proc` (`tid` is `None`) it returns at once.
+/// Waits until the thread `tid` is asleep (see `common::wait_until_asleep`).
 #[track_caller]
 fn wait_until_asleep(tid: Option<u32>) {
-    let Some(tid) = tid else { return };
-    let start = Instant::now();
-    while !asleep(tid) {
-        assert!(
-            start.elapsed() < LIVENESS,
-            "the waiter thread never went to sleep: is `retry` spinning instead of waiting?"
-        );
-        thread::yield_now();
-    }
+    common::wait_until_asleep(tid, LIVENESS);
 }
 
 /// Inside a closure: says that it reached this point, then waits until the test lets it go. A

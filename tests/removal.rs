@@ -17,9 +17,9 @@ use std::cmp::Ordering as CmpOrdering;
 use std::hash::{Hash, Hasher};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Counts, Tracked};
+use common::{current_tid, Counts, Tracked};
 use stm_store::{Error, Store};
 
 type S = Store<&'static str, i64>;
@@ -65,36 +65,10 @@ fn every_view(store: &S) -> Rows {
 // A transaction asleep in `retry` (helpers as in tests/atomically.rs)
 // ---------------------------------------------------------------------------------------------
 
-/// The kernel id of the calling thread (Linux), to watch it sleep.
-fn current_tid() -> Option<u32> {
-    let link = std::fs::read_link("/proc/thread-self").ok()?;
-    link.file_name()?.to_str()?.parse().ok()
-}
-
-/// Whether the thread `tid` of this process is asleep (state `S`: blocked in the kernel).
-fn asleep(tid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
-        return false;
-    };
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-        == Some('S')
-}
-
-/// Waits (yielding, no sleep) until the thread `tid` is asleep: a waiter in `retry` sleeps only
-/// once it has registered and found nothing changed, so after this a commit reaches it only by
-/// waking it. Without `/proc` (`tid` is `None`) it returns at once (the test checks less).
+/// Waits until the thread `tid` is asleep (see `common::wait_until_asleep`).
 #[track_caller]
 fn wait_until_asleep(tid: Option<u32>) {
-    let Some(tid) = tid else { return };
-    let start = Instant::now();
-    while !asleep(tid) {
-        assert!(
-            start.elapsed() < LIVENESS,
-            "the waiter thread never went to sleep: is `retry` spinning instead of waiting?"
-        );
-        thread::yield_now();
-    }
+    common::wait_until_asleep(tid, LIVENESS);
 }
 
 #[track_caller]

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: a deterministic PRNG, a value type that counts its
 //! creations and drops, a bounded epoch flush to count them after deferred reclamation, and a
-//! watchdog for calls that must not block.
+//! watchdog for calls that must not block, and a way to see that a thread is asleep (a waiter
+//! in `retry`).
 //!
 //! Each test binary uses only some of these.
 #![allow(dead_code)]
@@ -265,5 +266,40 @@ pub fn within_for<T: Send + 'static>(
         Err(mpsc::RecvTimeoutError::Timeout) => {
             panic!("{what} did not finish within {limit:?}: {hang}")
         }
+    }
+}
+
+/// The kernel id of the calling thread (Linux), to watch it sleep.
+pub fn current_tid() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// Whether the thread `tid` of this process is asleep (state `S`: blocked in the kernel).
+fn asleep(tid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        return false;
+    };
+    // "tid (comm) S ...": the command may hold spaces and parentheses; the state follows the
+    // last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        == Some('S')
+}
+
+/// Waits (yielding, no sleep) until the thread `tid` is asleep, for at most `patience`. A
+/// waiter in `retry` sleeps in the kernel only once it has registered and found nothing
+/// changed, so after this a commit can reach it only by waking it. Without `/proc` (`tid` is
+/// `None`) it returns at once (the test checks less).
+#[track_caller]
+pub fn wait_until_asleep(tid: Option<u32>, patience: Duration) {
+    let Some(tid) = tid else { return };
+    let start = Instant::now();
+    while !asleep(tid) {
+        assert!(
+            start.elapsed() < patience,
+            "the waiter thread never went to sleep: is `retry` spinning instead of waiting?"
+        );
+        std::thread::yield_now();
     }
 }
