@@ -336,17 +336,7 @@ fn main() -> ExitCode {
 
 /// Prints what the stores counted themselves (`Store::stats`), summed over the runs.
 fn report_stats(counted: &[stm_store::Stats]) {
-    let sum = |field: fn(&stm_store::Stats) -> u64| grouped(counted.iter().map(field).sum::<u64>());
-    println!(
-        "{:>9}  Store::stats: {} commits, {} conflicts, {} BusyRetry, {} helped to completion, \
-         {} snapshots that claimed their keys",
-        "",
-        sum(|s| s.commits),
-        sum(|s| s.conflicts),
-        sum(|s| s.busy_retries),
-        sum(|s| s.helped),
-        sum(|s| s.snapshot_claims),
-    );
+    println!("{:>9}  {}", "", common::stats_line(counted));
 }
 
 /// Prints one side's throughput, failed commits and audits. Returns its median commits per

@@ -281,18 +281,7 @@ fn main() -> ExitCode {
         grouped((logins + logouts) as f64 / elapsed),
         grouped(snapshots),
     );
-    let stats = store.stats();
-    println!(
-        "{:>9}  Store::stats: {} commits, {} conflicts, {} BusyRetry, {} helped to completion, \
-         {} snapshots that claimed their keys, {} transaction runs",
-        "stats",
-        grouped(stats.commits),
-        grouped(stats.conflicts),
-        grouped(stats.busy_retries),
-        grouped(stats.helped),
-        grouped(stats.snapshot_claims),
-        grouped(stats.tx_attempts),
-    );
+    println!("{:>9}  {}", "stats", common::stats_line(&[store.stats()]));
 
     let mut failures: Vec<String> = tallies.iter().flat_map(|t| t.failures.clone()).collect();
     let expected: BTreeMap<String, u64> = (tallies.iter())

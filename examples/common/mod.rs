@@ -115,3 +115,18 @@ pub fn options_or_exit<C>(
         }
     }
 }
+
+/// What a store counted itself (`Store::stats`, summed over `counted`), as one line of text.
+pub fn stats_line(counted: &[stm_store::Stats]) -> String {
+    let sum = |field: fn(&stm_store::Stats) -> u64| grouped(counted.iter().map(field).sum::<u64>());
+    format!(
+        "Store::stats: {} commits, {} conflicts, {} BusyRetry, {} helped to completion, \
+         {} snapshots that claimed their keys, {} transaction runs",
+        sum(|s| s.commits),
+        sum(|s| s.conflicts),
+        sum(|s| s.busy_retries),
+        sum(|s| s.helped),
+        sum(|s| s.snapshot_claims),
+        sum(|s| s.tx_attempts),
+    )
+}
