@@ -20,6 +20,17 @@
 #   lost_wakeup           a transaction in `retry` checks its reads before registering as a
 #                         waiter, not after
 #   helper_silent         a thread that decides another thread's commit wakes no waiter
+#   writable_tombstone    the slot module writes over tombstones, and a tombstone's version
+#                         loses its removed bit (commit_one and claim still refuse a tombstone
+#                         since 577fc3f, so the models catch a read-only commit validating
+#                         against a tombstone)
+#   no_floor              a key created again after its removal starts at version 0, not above
+#                         the highest removed version
+#   uncounted_entries     descriptor entries hold no count on their slots (caught only through
+#                         a forgotten paused commit: a claiming snapshot counts its slots itself,
+#                         see removal.rs)
+#   double_read           `get` and `usevar` read a slot's record again after checking that it
+#                         is not a tombstone (a removal decided in between leaks its tombstone)
 # The check-cfg list also names overwrite_undecided_claim, no_status_check and
 # late_claim_stays, which the core does not implement (the slot module refuses to replace an
 # undecided claim, and a late claim left in its slot would be a use-after-free loom cannot
@@ -37,7 +48,7 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 out="$root/target/loom-mut"
-# Per model; the slowest unmutated model takes about 10 s.
+# Per model; the slowest unmutated model takes about 30 s (paused_commit_is_freed).
 model_timeout="${MODEL_TIMEOUT:-300}"
 implemented=(
     skip_read_validation
@@ -49,6 +60,10 @@ implemented=(
     no_opacity
     lost_wakeup
     helper_silent
+    writable_tombstone
+    no_floor
+    uncounted_entries
+    double_read
 )
 # Mutations that no loom model can catch, and why (see the model docs).
 known_survivors=(no_birth_check)
