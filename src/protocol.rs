@@ -151,7 +151,7 @@ fn commit_one<K, V: Clone>(
             help(&pin, blocker, slot.id, shared);
             continue;
         }
-        if current.version() != version || current.removed() {
+        if current.version() != version || current.is_final() {
             return Err(Error::ConcurrentUpdate);
         }
         match slot.replace(&pin, current, record) {
@@ -326,7 +326,7 @@ pub(crate) fn claim<'g, K, V>(
             return Claimed::Blocked(other);
         }
         match txn.kind {
-            Kind::Commit if current.version() != entry.expect || current.removed() => {
+            Kind::Commit if current.version() != entry.expect || current.is_final() => {
                 return Claimed::Conflict
             }
             Kind::Commit => {

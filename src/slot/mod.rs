@@ -263,7 +263,7 @@ impl<'g, K, V> Loaded<'g, K, V> {
 
     /// Whether nothing may be written over this (I5): a tombstone, unless the deliberate
     /// breakage `writable_tombstone` lets commits land over removals.
-    fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         self.removed() && !cfg!(stm_mutation = "writable_tombstone")
     }
 
