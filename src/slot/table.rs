@@ -57,9 +57,10 @@ pub(crate) struct Table<K, V, S> {
     /// Slot ids: per store (commits claim one store's slots), so that loom models, which make
     /// a store per execution, see the same ids in every execution.
     ids: IdCounter,
-    /// The highest version any removed key reached (its tombstone's, without the bit): a key
-    /// created after it starts one above, so a key's versions never go back, even across its
-    /// removal (no ABA on versions). Raised before the removed key is unlinked.
+    /// The highest version reached by the removed keys unlinked so far (a tombstone's, without
+    /// the bit): a key created after it starts one above. A removed key is unlinked before it is
+    /// created again, and the floor is raised before the unlinking, so a key's versions never
+    /// go back, even across its removal (no ABA on versions).
     floor: AtomicU64,
 }
 
