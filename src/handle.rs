@@ -423,7 +423,7 @@ impl<K, V> Paused<'_, '_, K, V> {
     /// Finishes the commit and reports it, as [`Collection::commit`] would have.
     pub fn resume(self) -> Result<(), Error> {
         if let Some((store, commit)) = self.commit {
-            commit.resume(store)?;
+            commit.resume(store, self.collection.values.iter().map(Value::part))?;
         }
         self.collection.committed();
         Ok(())

@@ -380,7 +380,16 @@ impl<K, V> Paused<K, V> {
         Self { owner }
     }
 
-    pub(crate) fn resume(self, home: &dyn Home<K, V>) -> Result<(), Error> {
+    /// Finishes the commit of `parts` (the ones it was started with).
+    pub(crate) fn resume<'a, 's: 'a>(
+        self,
+        home: &dyn Home<K, V>,
+        parts: impl Iterator<Item = Part<'a, 's, K, V>>,
+    ) -> Result<(), Error>
+    where
+        K: 's,
+        V: 's,
+    {
         let shared = home.shared();
         let pin = pin();
         drive(&pin, self.owner.claimer(), 0, shared);
@@ -391,9 +400,7 @@ impl<K, V> Paused<K, V> {
             Count::Conflict
         });
         if result.is_ok() {
-            for entry in self.owner.txn().entries().iter().filter(|e| e.removes) {
-                home.unlink(entry.slot());
-            }
+            unlink_removed(home, parts);
         }
         result
     }

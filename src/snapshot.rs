@@ -63,23 +63,24 @@ fn claim_all<'g, K: 'g, V: 'g>(pin: &'g Guard, items: &mut [impl Read<'g, K, V>]
         .iter()
         .map(|item| SlotRef::acquire(item.slot()))
         .collect();
-    let entries = counted.iter().flatten().map(|slot| EntryInit {
-        slot: slot.clone(),
+    let claimed: Vec<bool> = counted.iter().map(Option::is_some).collect();
+    let len = claimed.iter().filter(|&&claimed| claimed).count();
+    let entries = counted.into_iter().flatten().map(|slot| EntryInit {
+        slot, // the entry takes the count over
         expect: 0,
         after: None,
     });
-    let len = entries.clone().count();
     let owner = Owner::new(Kind::Snapshot, len, entries);
     drive(pin, owner.claimer(), 0, shared);
     outcome(owner.txn()).expect("a snapshot accepts any version, so it always commits");
     let mut entries = owner.txn().entries().iter();
-    for (item, counted) in items.iter_mut().zip(&counted) {
-        let record = match counted {
-            Some(_) => entries
+    for (item, claimed) in items.iter_mut().zip(claimed) {
+        let record = match claimed {
+            true => entries
                 .next()
                 .and_then(|entry| entry.noted(pin))
                 .expect("the decider noted every claim's record"),
-            None => item.slot().load(pin).logical(),
+            false => item.slot().load(pin).logical(),
         };
         item.take(record);
     }

@@ -153,16 +153,13 @@ where
             values.dedup_by_key(|value| value.slot_id());
             snapshot::read_all(&pin, &mut values, &self.shared);
             // A key removed since it was looked up is created again, and all are read again.
-            let mut removed = values
-                .iter_mut()
-                .filter(|value| value.read_removed())
-                .peekable();
-            if removed.peek().is_none() {
-                return Ok(Collection::new(values));
-            }
-            for value in removed {
-                self.table.unlink(snapshot::Read::slot(value), &pin);
+            let mut removed = false;
+            for value in values.iter_mut().filter(|value| value.read_removed()) {
                 value.move_to(self.create(value.key().clone()));
+                removed = true;
+            }
+            if !removed {
+                return Ok(Collection::new(values));
             }
         }
     }
@@ -558,7 +555,7 @@ where
     }
 
     /// The slot `slot` if it is not removed, with its record; otherwise (it was removed since
-    /// it was looked up) the key's new slot, created after unlinking the removed one.
+    /// it was looked up) the key's new slot (creating it unlinks the removed one).
     pub(crate) fn live<'s, 'g>(
         &'s self,
         mut slot: SlotRef<'s, K, V>,
@@ -572,7 +569,6 @@ where
                 let record = slot.load(pin).logical();
                 return (slot, record);
             }
-            self.table.unlink(&slot, pin);
             slot = self.create(slot.key.clone());
         }
     }

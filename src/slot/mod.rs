@@ -112,14 +112,7 @@ impl<'s, K, V> SlotRef<'s, K, V> {
     /// A count on `slot` unless it has none left (then it is removed, and retired or about to
     /// be). `slot` must be live for this call: counted by the caller, or found under its pin.
     pub(crate) fn acquire(slot: &Slot<K, V>) -> Option<Self> {
-        let mut refs = slot.refs.load(SeqCst);
-        while refs != 0 {
-            match slot.refs.compare_exchange(refs, refs + 1, SeqCst, SeqCst) {
-                Ok(_) => return Some(Self::counted(slot)),
-                Err(now) => refs = now,
-            }
-        }
-        None
+        increment_unless_zero(&slot.refs).then(|| Self::counted(slot))
     }
 
     /// Takes over a count the caller added to `slot`.
@@ -150,8 +143,7 @@ impl<'s, K, V> SlotRef<'s, K, V> {
 
 impl<K, V> Clone for SlotRef<'_, K, V> {
     fn clone(&self) -> Self {
-        self.refs.fetch_add(1, SeqCst); // not zero: this reference counts
-        Self::counted(self)
+        self.add_ref() // not zero: this reference counts
     }
 }
 
@@ -305,8 +297,8 @@ impl<K, V> Slot<K, V> {
         }
     }
 
-    /// Adds a count for the caller, who found the slot listed in the index and holds the
-    /// index's lock, so the index's count is there.
+    /// Adds a count for a caller who knows the count is not zero: it holds one, or it found the
+    /// slot listed in the index and holds the index's lock, so the index's count is there.
     pub(crate) fn add_ref<'s>(&self) -> SlotRef<'s, K, V> {
         self.refs.fetch_add(1, SeqCst);
         SlotRef::counted(self)
@@ -513,6 +505,19 @@ impl<K, V> Drop for Slot<K, V> {
             }
         }
     }
+}
+
+/// Adds one to a count unless it is zero (then what it counts is retired, or about to be);
+/// true if it did.
+fn increment_unless_zero(count: &AtomicUsize) -> bool {
+    let mut now = count.load(SeqCst);
+    while now != 0 {
+        match count.compare_exchange(now, now + 1, SeqCst, SeqCst) {
+            Ok(_) => return true,
+            Err(seen) => now = seen,
+        }
+    }
+    false
 }
 
 /// Retires a record that stopped being logical (module docs: ownership); null is no record.

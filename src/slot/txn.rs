@@ -6,7 +6,7 @@
 use std::alloc::{self, Layout};
 use std::ptr::{self, NonNull};
 
-use super::{free_record, Frozen, Record, Slot, SlotRef};
+use super::{free_record, increment_unless_zero, Frozen, Record, Slot, SlotRef};
 use crate::primitive::{pin, AtomicU8, AtomicUsize, Guard, Ordering::Release, Ordering::SeqCst};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +52,6 @@ pub(crate) struct Entry<K, V> {
     frozen: AtomicUsize,
     /// The record a commit installs; null for a key that is only validated.
     after: *mut Record<V>,
-    /// Whether `after` is a tombstone.
-    pub(crate) removes: bool,
 }
 
 /// What an entry starts from.
@@ -121,14 +119,7 @@ impl<K, V> Txn<K, V> {
     /// A helper's count on this transaction, unless it is already on its way to be freed
     /// (then it is decided, and its claims are out of their slots or about to be).
     pub(crate) fn hold<'g>(&'g self, pin: &'g Guard) -> Option<Hold<'g, K, V>> {
-        let mut refs = self.refs.load(SeqCst);
-        while refs != 0 {
-            match self.refs.compare_exchange(refs, refs + 1, SeqCst, SeqCst) {
-                Ok(_) => return Some(Hold { txn: self, pin }),
-                Err(now) => refs = now,
-            }
-        }
-        None
+        increment_unless_zero(&self.refs).then_some(Hold { txn: self, pin })
     }
 
     fn unref(&self, pin: &Guard) {
@@ -321,7 +312,6 @@ impl<K, V> Owner<K, V> {
                     txn: raw,
                     expect: init.expect,
                     frozen: AtomicUsize::new(0),
-                    removes: init.after.as_ref().is_some_and(|after| after.is_removed()),
                     after: init.after.map_or(ptr::null_mut(), Box::into_raw),
                 });
                 building.built += 1;
