@@ -9,6 +9,11 @@
 //! 4. `snapshot`: one writer transfers among 8 keys; the other threads read all 8 at one
 //!    instant (and check that the total is unchanged). Throughput counts the readers' snapshots.
 //!
+//! Every workload runs the store (`ours`), both mutex maps (`mutex`, Axon-shaped; `mutex-one`,
+//! one critical section per operation), the RwLock map, the `stm` crate and the floor (the
+//! lock-free multi-word CAS over versioned words), so that every number has its ratios to both
+//! mutex maps and to the floor from the same run (`benches/report.py`).
+//!
 //! Every benchmark prints one `TRIES` line to stderr: attempts, `ConcurrentUpdate` conflicts and
 //! `BusyRetry` answers over all its runs.
 
@@ -19,8 +24,8 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{
-    bench_ops, bench_transfer, group, rng, run_threads, Backoff, Counts, Floor, Kv, MutexKv, Ours,
-    RwLockKv, StmCrate, Stop, Tries, BALANCE, OPS,
+    bench_ops, bench_transfer, group, rng, run_threads, Backoff, Counts, Floor, Kv, MutexKv,
+    MutexOne, Ours, RwLockKv, StmCrate, Stop, Tries, BALANCE, OPS,
 };
 use criterion::measurement::WallTime;
 use criterion::{
@@ -52,6 +57,7 @@ fn read_mostly(c: &mut Criterion) {
     for threads in THREADS {
         read_mostly_one::<Ours>(&mut group, threads);
         read_mostly_one::<MutexKv>(&mut group, threads);
+        read_mostly_one::<MutexOne>(&mut group, threads);
         read_mostly_one::<RwLockKv>(&mut group, threads);
         read_mostly_one::<StmCrate>(&mut group, threads);
         read_mostly_one::<Floor>(&mut group, threads);
@@ -66,8 +72,10 @@ fn transfer(c: &mut Criterion) {
     for threads in THREADS {
         bench_transfer::<Ours>(&mut group, "transfer", Ours::NAME, threads);
         bench_transfer::<MutexKv>(&mut group, "transfer", MutexKv::NAME, threads);
+        bench_transfer::<MutexOne>(&mut group, "transfer", MutexOne::NAME, threads);
         bench_transfer::<RwLockKv>(&mut group, "transfer", RwLockKv::NAME, threads);
         bench_transfer::<StmCrate>(&mut group, "transfer", StmCrate::NAME, threads);
+        bench_transfer::<Floor>(&mut group, "transfer", Floor::NAME, threads);
     }
     group.finish();
 }
@@ -93,6 +101,7 @@ fn hot_key(c: &mut Criterion) {
         hot_key_one::<Ours>(&mut group, "ours", threads, backoff);
         hot_key_one::<Ours>(&mut group, "ours-nobackoff", threads, Backoff::None);
         hot_key_one::<MutexKv>(&mut group, "mutex", threads, backoff);
+        hot_key_one::<MutexOne>(&mut group, "mutex-one", threads, backoff);
         hot_key_one::<RwLockKv>(&mut group, "rwlock", threads, backoff);
         hot_key_one::<StmCrate>(&mut group, "stm-crate", threads, backoff);
         hot_key_one::<Floor>(&mut group, "floor", threads, backoff);
@@ -160,8 +169,10 @@ fn snapshot(c: &mut Criterion) {
     for threads in [2, 4, 8] {
         snapshot_one::<Ours>(&mut group, threads);
         snapshot_one::<MutexKv>(&mut group, threads);
+        snapshot_one::<MutexOne>(&mut group, threads);
         snapshot_one::<RwLockKv>(&mut group, threads);
         snapshot_one::<StmCrate>(&mut group, threads);
+        snapshot_one::<Floor>(&mut group, threads);
     }
     group.finish();
 }

@@ -1,16 +1,21 @@
 //! What lock-freedom is for: commit throughput and latency when a committer stops in the
-//! middle of a commit, and when there are many more threads than cores. The store against the
-//! mutex map (Axon.STM's design). Not a criterion benchmark: it reports latency percentiles
+//! middle of a commit, and when there are many more threads than cores. The store against both
+//! mutex maps and the floor. Not a criterion benchmark: it reports latency percentiles
 //! (`hdrhistogram`), from plain timed runs.
 //!
 //! Both workloads are two-key transfers between distinct random accounts of 64, each retried
 //! until it lands (with the same [`Backoff::Exponential`] as the contention benchmarks). A
 //! transfer's latency runs from its start until it committed, retries included.
 //!
-//! - `stall`: 4 committer threads for `STALL_SECONDS` seconds (default 2). Thread 0 stops for
-//!   1 ms in the middle of every 1,000th commit attempt: the store's commit after claiming its
-//!   first key (`Collection::commit_paused(1)`, sleep, `resume`); the mutex map's while it
-//!   holds the lock, between validating and writing. Reported for the other three threads only.
+//! - `stall`: two threads, as many as this machine has cores, for `STALL_SECONDS` seconds
+//!   (default 2). Thread 0 stops for 1 ms in the middle of every 100th transfer: the store's
+//!   commit after claiming its first key (`Collection::commit_paused(1)`, sleep, `resume`);
+//!   the Axon-shaped mutex map's while it holds the lock between validating and writing;
+//!   `mutex-one`'s while it holds the lock between reading and writing; the floor's after
+//!   claiming its first key (the floor does not help: whoever needs that key waits). Thread 1,
+//!   the worker, is measured, and every implementation runs twice: with the stalls (`stall`)
+//!   and without (`unstalled`, thread 0 transferring normally), so that the worker's
+//!   throughput is given relative to its own run without stalls.
 //! - `oversubscribed`: 32 threads (on however many cores the machine has) for
 //!   `OVERSUBSCRIBED_SECONDS` seconds (default: `STALL_SECONDS`, else 2); every thread counts.
 //!
@@ -27,15 +32,16 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{test_mode, Backoff, Kv, MutexKv, Ours, Rng, Stalling};
+use common::{test_mode, Backoff, Floor, Kv, MutexKv, MutexOne, Ours, Rng, Stalling};
 use hdrhistogram::Histogram;
 
 const ACCOUNTS: u64 = 64;
 const BALANCE: u64 = 1_000;
-/// How long the stalled committer stops, and how often (every `STALL_EVERY`-th commit attempt).
+/// How long the stalled committer stops, and how often (in every `STALL_EVERY`-th transfer).
 const STALL: Duration = Duration::from_millis(1);
-const STALL_EVERY: u64 = 1_000;
-const STALL_THREADS: usize = 4;
+const STALL_EVERY: u64 = 100;
+/// The stalled thread and the worker.
+const STALL_THREADS: usize = 2;
 const OVERSUBSCRIBED_THREADS: usize = 32;
 /// Latencies are recorded in nanoseconds, up to 10 s, to 3 significant digits.
 const MAX_LATENCY_NS: u64 = 10_000_000_000;
@@ -87,9 +93,9 @@ fn rng(thread: usize) -> Rng {
     Rng::new(RUN.fetch_add(1, Ordering::Relaxed) << 8 | thread as u64)
 }
 
-/// Transfers on `threads` threads for `duration`; thread 0 stalls if `stall_thread0`, and is
-/// then left out of the outcome.
-fn run<K: Stalling>(threads: usize, duration: Duration, stall_thread0: bool) -> Outcome {
+/// Transfers on `threads` threads for `duration`. With `Some(stall)`, thread 0 is left out of
+/// the outcome, and stops mid-commit in every `STALL_EVERY`-th transfer if `stall`.
+fn run<K: Stalling>(threads: usize, duration: Duration, thread0: Option<bool>) -> Outcome {
     let kv = K::new(ACCOUNTS as usize, BALANCE);
     let stop = AtomicBool::new(false);
     let barrier = Barrier::new(threads + 1);
@@ -97,7 +103,7 @@ fn run<K: Stalling>(threads: usize, duration: Duration, stall_thread0: bool) -> 
         let handles: Vec<_> = (0..threads)
             .map(|index| {
                 let (kv, stop, barrier) = (&kv, &stop, &barrier);
-                let stalls = stall_thread0 && index == 0;
+                let stalls = thread0 == Some(true) && index == 0;
                 scope.spawn(move || transfers::<K>(kv, index, stalls, stop, barrier))
             })
             .collect();
@@ -121,7 +127,7 @@ fn run<K: Stalling>(threads: usize, duration: Duration, stall_thread0: bool) -> 
         "{}: transfers must keep the total",
         K::NAME
     );
-    let skip = usize::from(stall_thread0);
+    let skip = usize::from(thread0.is_some());
     let mut outcome = Outcome {
         seconds,
         threads,
@@ -165,10 +171,12 @@ fn transfers<K: Stalling>(
         let from = rng.below(ACCOUNTS);
         let to = (from + 1 + rng.below(ACCOUNTS - 1)) % ACCOUNTS;
         let start = Instant::now();
+        // Every STALL_EVERY-th transfer stops in its first attempt.
+        let stalled = stalls && tally.commits % STALL_EVERY == STALL_EVERY - 1;
         let mut failures = 0;
         loop {
             tally.attempts += 1;
-            let stall = (stalls && tally.attempts.is_multiple_of(STALL_EVERY)).then_some(STALL);
+            let stall = (stalled && failures == 0).then_some(STALL);
             tally.stalls += u64::from(stall.is_some());
             if kv.try_transfer(from, to, 1, stall) {
                 break;
@@ -207,18 +215,10 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// The ratio of two runs' latency quantiles.
-fn latency_ratio(ours: &Outcome, mutex: &Outcome, quantile: f64) -> String {
-    ratio(
-        ours.quantile_ns(quantile) as f64,
-        mutex.quantile_ns(quantile) as f64,
-    )
-}
-
 /// Prints one row of the table and its `LOCKFREE` line.
 fn report(workload: &str, name: &str, outcome: &Outcome) {
     println!(
-        "{workload:<15} {name:<6} {:>7} {:>9.0} {:>9.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.3}% {:>6}",
+        "{workload:<15} {name:<9} {:>7} {:>9.0} {:>9.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.3}% {:>6}",
         format!("{}/{}", outcome.measured, outcome.threads),
         outcome.throughput(),
         outcome.commits as f64 / 1e3,
@@ -250,13 +250,46 @@ fn report(workload: &str, name: &str, outcome: &Outcome) {
     );
 }
 
-/// Runs one workload for both implementations (the mutex map first) and prints the ratios.
-fn workload(name: &str, threads: usize, duration: Duration, stall: bool) -> (Outcome, Outcome) {
-    let mutex = run::<MutexKv>(threads, duration, stall);
-    report(name, MutexKv::NAME, &mutex);
-    let ours = run::<Ours>(threads, duration, stall);
-    report(name, Ours::NAME, &ours);
-    (ours, mutex)
+/// The stall workload for one implementation: its worker without stalls, then with; returns
+/// (stalled, unstalled).
+fn stall<K: Stalling>(duration: Duration) -> (Outcome, Outcome) {
+    let unstalled = run::<K>(STALL_THREADS, duration, Some(false));
+    report("unstalled", K::NAME, &unstalled);
+    let stalled = run::<K>(STALL_THREADS, duration, Some(true));
+    report("stall", K::NAME, &stalled);
+    (stalled, unstalled)
+}
+
+/// One line of the stall summary: the worker's throughput with stalls relative to without,
+/// and its p99.99 relative to each mutex map's.
+fn stall_summary(
+    name: &str,
+    (stalled, unstalled): &(Outcome, Outcome),
+    mutexes: &[(&str, &Outcome)],
+) -> String {
+    let mut line = format!(
+        "stall, {name:<9}: worker throughput with / without stalls {}; p99.99 {} us, max {} us",
+        ratio(stalled.throughput(), unstalled.throughput()),
+        us(stalled.quantile_ns(0.9999)),
+        us(stalled.latency.max()),
+    );
+    for (mutex, outcome) in mutexes {
+        line.push_str(&format!(
+            "; p99.99 / {mutex}'s {}",
+            ratio(
+                stalled.quantile_ns(0.9999) as f64,
+                outcome.quantile_ns(0.9999) as f64
+            )
+        ));
+    }
+    line
+}
+
+/// The oversubscribed workload for one implementation.
+fn oversubscribed<K: Stalling>(duration: Duration) -> Outcome {
+    let outcome = run::<K>(OVERSUBSCRIBED_THREADS, duration, None);
+    report("oversubscribed", K::NAME, &outcome);
+    outcome
 }
 
 fn main() {
@@ -276,13 +309,13 @@ fn main() {
     let cores = thread::available_parallelism().map_or(1, usize::from);
     println!(
         "lockfree: 2-key transfers over {ACCOUNTS} accounts, {cores} cores; stall: \
-         {STALL_THREADS} threads for {stall_seconds} s, thread 0 sleeps {} ms mid-commit every \
-         {STALL_EVERY}th commit attempt (not measured); oversubscribed: \
+         {STALL_THREADS} threads for {stall_seconds} s each run, thread 0 sleeps {} ms \
+         mid-commit in every {STALL_EVERY}th transfer, thread 1 measured; oversubscribed: \
          {OVERSUBSCRIBED_THREADS} threads for {oversubscribed_seconds} s",
         STALL.as_millis()
     );
     println!(
-        "{:<15} {:<6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "{:<15} {:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
         "workload",
         "impl",
         "threads",
@@ -296,33 +329,42 @@ fn main() {
         "conflict",
         "stalls"
     );
-    let mut ratios = Vec::new();
+    let mut summary = Vec::new();
     if wanted("stall") {
         let duration = Duration::from_secs_f64(stall_seconds);
-        let (ours, mutex) = workload("stall", STALL_THREADS, duration, true);
-        ratios.push(format!(
-            "stall (the other {} threads): throughput ours/mutex {} (target >= 10x); \
-             p99.9 ours/mutex {} (target <= 0.1x); p99.99 ours/mutex {}",
-            ours.measured,
-            ratio(ours.throughput(), mutex.throughput()),
-            latency_ratio(&ours, &mutex, 0.999),
-            latency_ratio(&ours, &mutex, 0.9999),
-        ));
+        let mutex = stall::<MutexKv>(duration);
+        let mutex_one = stall::<MutexOne>(duration);
+        let ours = stall::<Ours>(duration);
+        let floor = stall::<Floor>(duration);
+        let mutexes = [(MutexKv::NAME, &mutex.0), (MutexOne::NAME, &mutex_one.0)];
+        summary.push(stall_summary(Ours::NAME, &ours, &mutexes));
+        summary.push(stall_summary(MutexKv::NAME, &mutex, &[]));
+        summary.push(stall_summary(MutexOne::NAME, &mutex_one, &[]));
+        summary.push(stall_summary(Floor::NAME, &floor, &mutexes));
     }
     if wanted("oversubscribed") {
         let duration = Duration::from_secs_f64(oversubscribed_seconds);
-        let (ours, mutex) = workload("oversubscribed", OVERSUBSCRIBED_THREADS, duration, false);
-        ratios.push(format!(
-            "oversubscribed ({} threads): throughput ours/mutex {}; p50 ours/mutex {}; \
-             p99 ours/mutex {}; p99.9 ours/mutex {} (target <= 1x)",
-            ours.threads,
-            ratio(ours.throughput(), mutex.throughput()),
-            latency_ratio(&ours, &mutex, 0.5),
-            latency_ratio(&ours, &mutex, 0.99),
-            latency_ratio(&ours, &mutex, 0.999),
-        ));
+        let mutex = oversubscribed::<MutexKv>(duration);
+        let mutex_one = oversubscribed::<MutexOne>(duration);
+        let ours = oversubscribed::<Ours>(duration);
+        oversubscribed::<Floor>(duration);
+        for (name, baseline) in [(MutexKv::NAME, &mutex), (MutexOne::NAME, &mutex_one)] {
+            summary.push(format!(
+                "oversubscribed ({} threads): ours / {name}: throughput {}; p99 {}; p99.9 {}",
+                ours.threads,
+                ratio(ours.throughput(), baseline.throughput()),
+                ratio(
+                    ours.quantile_ns(0.99) as f64,
+                    baseline.quantile_ns(0.99) as f64
+                ),
+                ratio(
+                    ours.quantile_ns(0.999) as f64,
+                    baseline.quantile_ns(0.999) as f64
+                ),
+            ));
+        }
     }
-    for line in ratios {
+    for line in summary {
         println!("{line}");
     }
 }

@@ -1,15 +1,17 @@
 //! Single-thread costs.
 //!
-//! 5. `commit_k`: an atomic commit of k = 1, 2, 4, 8 keys against the floor's k bare CASes
-//!    (`ArcSwap` load + allocate + compare-and-swap per key).
+//! 5. `commit_k`: an atomic commit of k = 1, 2, 4, 8 keys.
 //!    - `ours-commit`: the commit alone: one `Collection` kept across iterations (a committed
 //!      handle is clean and can be set and committed again), every key set, then `commit`;
-//!    - `ours-rmw`, `mutex`, `rwlock`, `stm-crate`, `floor`: the whole read-modify-write
-//!      ([`Kv::write_all`]: read the k keys, add 1 to each, commit).
+//!    - `ours-rmw`, `mutex`, `mutex-one`, `rwlock`, `stm-crate`, `floor`: the whole
+//!      read-modify-write ([`Kv::write_all`]: read the k keys, add 1 to each, commit; `floor`
+//!      is the lock-free multi-word CAS, 2k + 1 CASes);
+//!    - `arcswap`: k bare `ArcSwap` compare-and-swaps (load + allocate + CAS per key, not
+//!      atomic across keys).
 //! 6. `store_size`: single-key read and single-key read-modify-write on a key drawn uniformly
-//!    from a store of 1k, 64k and 1M keys; `*-ws1k` draws from 1024 keys of the same store
-//!    instead (the same code with a cache-resident working set: what is left of the store-size
-//!    effect once cache misses are taken out).
+//!    from a store of 1k, 64k and 1M keys (`ours`, both mutex maps, the floor); `*-ws1k` draws
+//!    from 1024 keys of the same store instead (the same code with a cache-resident working
+//!    set: what is left of the store-size effect once cache misses are taken out).
 //!
 //! The 1M-key stores are built lazily, and in test mode (`cargo test --benches`,
 //! `cargo bench -- --test`) every store is at most 16k keys, so a test run stays fast.
@@ -21,7 +23,9 @@ use std::cell::OnceCell;
 use std::hint::black_box;
 use std::time::Duration;
 
-use common::{test_mode, Backoff, Floor, Kv, MutexKv, Ours, Rng, RwLockKv, StmCrate};
+use common::{
+    test_mode, ArcSwapCell, Backoff, Floor, Kv, MutexKv, MutexOne, Ours, Rng, RwLockKv, StmCrate,
+};
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
@@ -67,7 +71,9 @@ fn commit_k(c: &mut Criterion) {
         });
         rmw_k::<Ours>(&mut group, "ours-rmw", k);
         rmw_k::<Floor>(&mut group, "floor", k);
+        rmw_k::<ArcSwapCell>(&mut group, "arcswap", k);
         rmw_k::<MutexKv>(&mut group, "mutex", k);
+        rmw_k::<MutexOne>(&mut group, "mutex-one", k);
         rmw_k::<RwLockKv>(&mut group, "rwlock", k);
         rmw_k::<StmCrate>(&mut group, "stm-crate", k);
     }
@@ -106,6 +112,8 @@ fn store_size(c: &mut Criterion) {
         let mut group = group(c, &format!("store_size/{label}"));
         size_benches::<Ours>(&mut group, "ours", keys as u64);
         size_benches::<MutexKv>(&mut group, "mutex", keys as u64);
+        size_benches::<MutexOne>(&mut group, "mutex-one", keys as u64);
+        size_benches::<Floor>(&mut group, "floor", keys as u64);
         group.finish();
     }
 }

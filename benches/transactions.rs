@@ -1,4 +1,4 @@
-//! Transactions (issue #10) on 1, 2, 4 and 8 threads, measured as `contention.rs` measures
+//! Transactions on 1, 2, 4 and 8 threads, measured as `contention.rs` measures
 //! (a fixed number of operations per thread per iteration, threads started together on a
 //! barrier, the wall time of the batch; criterion's throughput is the total per second).
 //!
@@ -8,7 +8,9 @@
 //!      and its default backoff);
 //!    - `using-commit`: the Axon-style `using([from, to])`, `set`, `commit` with a hand-written
 //!      retry loop (`common::Ours`, the `ours` of `contention.rs`);
-//!    - `stm-crate`: the `stm` crate's `atomically` over one `TVar<u64>` per account.
+//!    - `stm-crate`: the `stm` crate's `atomically` over one `TVar<u64>` per account;
+//!    - and, as references in the same run, both mutex maps (`mutex`, `mutex-one`) and the
+//!      floor (`floor`), exactly as in `contention.rs`'s `transfer`.
 //! 8. `tx_queue`: a bounded FIFO queue of 16 items with N/2 producers and N/2 consumers, each
 //!    pushing (popping) `QUEUE_OPS` items per iteration; throughput counts items through the
 //!    queue. `atomically-retry`: the queue in the store (a head and a tail counter and 16 item
@@ -26,7 +28,10 @@ mod common;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{bench_transfer, group, run_threads, Atomically, Counts, Kv, Ours, StmCrate, Tries};
+use common::{
+    bench_transfer, group, run_threads, Atomically, Counts, Floor, Kv, MutexKv, MutexOne, Ours,
+    StmCrate, Tries,
+};
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
@@ -50,6 +55,9 @@ fn tx_transfer(c: &mut Criterion) {
         bench_transfer::<Atomically>(&mut group, "tx_transfer", "atomically", threads);
         bench_transfer::<Ours>(&mut group, "tx_transfer", "using-commit", threads);
         bench_transfer::<StmCrate>(&mut group, "tx_transfer", "stm-crate", threads);
+        bench_transfer::<MutexKv>(&mut group, "tx_transfer", MutexKv::NAME, threads);
+        bench_transfer::<MutexOne>(&mut group, "tx_transfer", MutexOne::NAME, threads);
+        bench_transfer::<Floor>(&mut group, "tx_transfer", Floor::NAME, threads);
     }
     group.finish();
 }

@@ -6,14 +6,20 @@
 //! - [`Ours`]: `stm_store::Store<u64, u64>` through `usevar` / `using` / `commit`, with retry
 //!   loops that count `ConcurrentUpdate` and `BusyRetry`.
 //! - [`Atomically`]: the same store through `Store::atomically` (the store's own retry loop).
-//! - [`MutexKv`]: one `parking_lot::Mutex` over a `HashMap<u64, (version, Option<u64>)>`, used
-//!   as Axon.STM uses its lock: a read copies under the lock, a commit takes the lock again,
-//!   checks the versions it read and writes.
-//! - [`RwLockKv`]: the same over a `parking_lot::RwLock` (reads share it, commits take it
-//!   exclusively).
+//! - [`MutexKv`] (`mutex`): one `parking_lot::Mutex` over a `HashMap<u64, (version,
+//!   Option<u64>)>`, used as Axon.STM uses its lock: a read copies under the lock, a commit
+//!   takes the lock again, checks the versions it read and writes.
+//! - [`MutexOne`] (`mutex-one`): the same map, every operation in one critical section (a
+//!   transfer locks once, reads both accounts and writes both): what most users write.
+//! - [`RwLockKv`]: the Axon-shaped map over a `parking_lot::RwLock` (reads share it, commits
+//!   take it exclusively).
 //! - [`StmCrate`]: the `stm` crate, one `TVar<u64>` per key, every operation in `atomically`.
-//! - [`Floor`]: one `ArcSwap<(version, value)>` per key in a fixed array; single-key operations
-//!   only. It is the cost of the bare per-key compare-and-swap that the store is built on.
+//! - [`Floor`] (`floor`): the lock-free multi-word compare-and-swap that a commit cannot do
+//!   with less: one versioned word per key in a fixed array (no index, no allocation), a commit
+//!   claims its words in key order, decides with one CAS on its descriptor's status, installs
+//!   (2k + 1 CASes for k keys), inside a crossbeam-epoch pin.
+//! - [`ArcSwapCell`] (`arcswap`): one `ArcSwap<(version, value)>` per key in a fixed array;
+//!   single-key operations only: the bare per-key compare-and-swap of a copy-on-write record.
 //!
 //! Every retry loop uses the same [`Backoff`] (or none, where a benchmark says so), so the
 //! implementations differ only in how they read and commit.
@@ -28,6 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam_epoch as epoch;
 use parking_lot::{Mutex, RwLock};
 use stm_store::{Error, Store};
 
@@ -59,7 +66,7 @@ pub trait Kv: Send + Sync + 'static {
     /// The name in benchmark ids.
     const NAME: &'static str;
     /// Whether the implementation has atomic multi-key operations (`transfer`, `snapshot`,
-    /// `write_all`). The floor has not.
+    /// `write_all`). The `ArcSwap` cell has not.
     const MULTI_KEY: bool = true;
 
     /// `keys` keys, each committed once with the value `initial`.
@@ -77,8 +84,8 @@ pub trait Kv: Send + Sync + 'static {
     /// The values of `keys` at one instant, into `out`.
     fn snapshot(&self, keys: &[u64], out: &mut Vec<u64>) -> Tries;
 
-    /// Adds 1 to every key of `keys` (distinct) atomically. The floor does it with one CAS per
-    /// key, not atomically: that is the cost it stands for.
+    /// Adds 1 to every key of `keys` (distinct) atomically. The `ArcSwap` cell does it with one
+    /// CAS per key, not atomically: that is the cost it stands for.
     fn write_all(&self, keys: &[u64], backoff: Backoff) -> Tries;
 }
 
@@ -481,6 +488,88 @@ impl<L: MapLock> Kv for Locked<L> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One lock over the same map, every operation in one critical section.
+
+/// The mutex map most users write: the same `parking_lot::Mutex` over the same map of
+/// versioned records as [`MutexKv`], but every operation takes the lock once and does all its
+/// work inside (a transfer reads both accounts and writes both). Nothing can conflict, so every
+/// operation is one attempt.
+pub struct MutexOne(Mutex<HashMap<u64, Versioned>>);
+
+impl MutexOne {
+    /// Adds `delta` (wrapping) to `key` in `map`, bumping its version.
+    #[inline]
+    fn add(map: &mut HashMap<u64, Versioned>, key: u64, delta: u64) {
+        let (version, value) = map.get(&key).copied().unwrap_or((0, None));
+        map.insert(
+            key,
+            (version + 1, Some(value.unwrap_or(0).wrapping_add(delta))),
+        );
+    }
+
+    /// A transfer in one critical section; `pause` runs while it holds the lock, between
+    /// reading and writing.
+    #[inline]
+    fn transfer_pausing(&self, from: u64, to: u64, amount: u64, pause: impl FnOnce()) {
+        let mut map = self.0.lock();
+        let a = map.get(&from).copied().unwrap_or((0, None));
+        let b = map.get(&to).copied().unwrap_or((0, None));
+        pause();
+        map.insert(from, (a.0 + 1, Some(a.1.unwrap_or(0).wrapping_sub(amount))));
+        map.insert(to, (b.0 + 1, Some(b.1.unwrap_or(0).wrapping_add(amount))));
+    }
+}
+
+impl Kv for MutexOne {
+    const NAME: &'static str = "mutex-one";
+
+    fn new(keys: usize, initial: u64) -> Self {
+        MutexOne(Mutex::new(
+            (0..keys as u64)
+                .map(|key| (key, (1, Some(initial))))
+                .collect(),
+        ))
+    }
+
+    #[inline]
+    fn read(&self, key: u64) -> u64 {
+        self.0
+            .lock()
+            .get(&key)
+            .and_then(|record| record.1)
+            .unwrap_or(0)
+    }
+
+    fn incr(&self, key: u64, _backoff: Backoff) -> Tries {
+        Self::add(&mut self.0.lock(), key, 1);
+        Tries::ONE
+    }
+
+    fn transfer(&self, from: u64, to: u64, amount: u64, _backoff: Backoff) -> Tries {
+        self.transfer_pausing(from, to, amount, || {});
+        Tries::ONE
+    }
+
+    fn snapshot(&self, keys: &[u64], out: &mut Vec<u64>) -> Tries {
+        let map = self.0.lock();
+        out.clear();
+        out.extend(
+            keys.iter()
+                .map(|key| map.get(key).and_then(|record| record.1).unwrap_or(0)),
+        );
+        Tries::ONE
+    }
+
+    fn write_all(&self, keys: &[u64], _backoff: Backoff) -> Tries {
+        let mut map = self.0.lock();
+        for &key in keys {
+            Self::add(&mut map, key, 1);
+        }
+        Tries::ONE
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // A committer stalled mid-commit (the `lockfree` benchmark).
 
 /// One attempt of a two-key transfer whose commit may stop in the middle, as a committer that
@@ -488,8 +577,9 @@ impl<L: MapLock> Kv for Locked<L> {
 pub trait Stalling: Kv {
     /// Reads `from` and `to`, moves `amount`, commits once; true if the commit landed. With
     /// `stall`, the commit stops for that long in its middle: the store after claiming its
-    /// first key (`Collection::commit_paused(1)`), the lock maps while holding the lock,
-    /// between validating and writing.
+    /// first key (`Collection::commit_paused(1)`), the Axon-shaped lock maps while holding the
+    /// lock between validating and writing, `mutex-one` while holding the lock between reading
+    /// and writing, the floor after claiming its first key.
     fn try_transfer(&self, from: u64, to: u64, amount: u64, stall: Option<Duration>) -> bool;
 }
 
@@ -523,6 +613,30 @@ impl<L: MapLock> Stalling for Locked<L> {
             (to, b.0, b.1.unwrap_or(0).wrapping_add(amount)),
         ];
         self.commit_pausing(&writes, || {
+            if let Some(pause) = stall {
+                thread::sleep(pause);
+            }
+        })
+    }
+}
+
+impl Stalling for MutexOne {
+    /// Always lands: nothing can conflict inside the one critical section.
+    fn try_transfer(&self, from: u64, to: u64, amount: u64, stall: Option<Duration>) -> bool {
+        self.transfer_pausing(from, to, amount, || {
+            if let Some(pause) = stall {
+                thread::sleep(pause);
+            }
+        });
+        true
+    }
+}
+
+impl Stalling for Floor {
+    /// Stops after claiming the first key (in key order); whoever needs that key meanwhile
+    /// fails and retries, or waits (a read): the floor does not help.
+    fn try_transfer(&self, from: u64, to: u64, amount: u64, stall: Option<Duration>) -> bool {
+        self.try_transfer_pausing(from, to, amount, || {
             if let Some(pause) = stall {
                 thread::sleep(pause);
             }
@@ -612,12 +726,221 @@ impl Kv for StmCrate {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The floor: one ArcSwap per key.
+// The floor: a lock-free multi-word compare-and-swap over versioned words.
 
-/// One `ArcSwap<(version, value)>` per key in a fixed array: the bare per-key CAS.
-pub struct Floor(Vec<ArcSwap<(u64, u64)>>);
+/// A word holding a committing thread's tag (its claim) instead of a version and a value.
+const CLAIM: u64 = 1 << 63;
+/// The value's bits of an unclaimed word; the version counts in bits 32 to 62.
+const VALUE_BITS: u64 = u32::MAX as u64;
+/// One version step.
+const VERSION_ONE: u64 = 1 << 32;
+/// The most keys one floor commit takes (the workloads use up to 8): its loads stay on the
+/// stack.
+const FLOOR_MAX_KEYS: usize = 8;
+
+/// One word on its own pair of cache lines, so that neighbouring keys share no line (the
+/// spatial prefetcher fetches lines in pairs).
+#[repr(align(128))]
+struct Line(AtomicU64);
+
+thread_local! {
+    /// The committing thread's descriptor: the status word a commit decides with. Only its
+    /// own thread writes it, and a commit's tag is its address.
+    static STATUS: Line = const { Line(AtomicU64::new(0)) };
+}
+
+/// The physical floor of an atomic multi-key commit on this machine: what a commit costs that
+/// allocates nothing, looks nothing up and frees nothing, and still lets every thread commit
+/// at once. One word per key in a fixed array: bit 63 clear, a 31-bit version and a 32-bit
+/// value (read back sign-extended, so that wrapping sums over keys come out as in `u64`).
+///
+/// A k-key commit (the cell `mcas+pin` of the floor measurement, reproduced here): inside a
+/// crossbeam-epoch pin, load the k words and fail if one is claimed; claim them in key order
+/// with a CAS from the word loaded to this thread's tag (`CLAIM` | the address of its
+/// [`STATUS`]; on a failure, put back the words claimed so far and fail); decide with one CAS
+/// on the status; install every word's successor (version + 1, new value) with a CAS from the
+/// tag. 2k + 1 read-modify-writes on shared words, and nothing else.
+///
+/// No thread helps another: whoever finds a word claimed fails (a commit) or waits for it
+/// (a read), so a thread stopped between its claims and its installs blocks the keys it
+/// claimed, as a lock per key would. That costs nothing while nobody stops, which is what the
+/// floor measures; the `stall` workload of `lockfree.rs` shows what it costs when one does.
+/// A snapshot is a double collect: the words loaded twice, equal, none claimed.
+pub struct Floor(Vec<Line>);
 
 impl Floor {
+    #[inline]
+    fn word(&self, key: u64) -> &AtomicU64 {
+        &self.0[key as usize].0
+    }
+
+    /// The value of an unclaimed word.
+    #[inline]
+    fn value(word: u64) -> u64 {
+        word as u32 as i32 as i64 as u64
+    }
+
+    /// One attempt at the k-key commit described on [`Floor`]: `keys` distinct and in
+    /// increasing order, key `i`'s new value `update(i, value)`. `pause` runs after the first
+    /// claim (a committer stalled there, in the `stall` workload). False on a conflict.
+    #[inline]
+    fn mcas(&self, keys: &[u64], update: impl Fn(usize, u64) -> u64, pause: impl FnOnce()) -> bool {
+        assert!(
+            keys.len() <= FLOOR_MAX_KEYS,
+            "the floor commits at most {FLOOR_MAX_KEYS} keys at once"
+        );
+        let _pin = epoch::pin();
+        let mut seen = [0u64; FLOOR_MAX_KEYS];
+        for (i, &key) in keys.iter().enumerate() {
+            seen[i] = self.word(key).load(Ordering::Acquire);
+            if seen[i] & CLAIM != 0 {
+                return false;
+            }
+        }
+        STATUS.with(|status| {
+            let tag = CLAIM | std::ptr::from_ref(status) as u64;
+            status.0.store(0, Ordering::Relaxed);
+            let mut pause = Some(pause);
+            for (i, &key) in keys.iter().enumerate() {
+                let claimed = self.word(key).compare_exchange(
+                    seen[i],
+                    tag,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if claimed.is_err() {
+                    for (&key, &word) in keys[..i].iter().zip(&seen) {
+                        self.word(key).store(word, Ordering::Release);
+                    }
+                    return false;
+                }
+                if let Some(pause) = pause.take() {
+                    pause();
+                }
+            }
+            let _ = status
+                .0
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+            for (i, &key) in keys.iter().enumerate() {
+                let version = (seen[i] + VERSION_ONE) & !CLAIM & !VALUE_BITS;
+                let next = version | (update(i, Self::value(seen[i])) & VALUE_BITS);
+                let _ =
+                    self.word(key)
+                        .compare_exchange(tag, next, Ordering::AcqRel, Ordering::Acquire);
+            }
+            true
+        })
+    }
+
+    /// One attempt at a transfer (`from != to`), `pause` as in [`mcas`](Self::mcas).
+    #[inline]
+    fn try_transfer_pausing(&self, from: u64, to: u64, amount: u64, pause: impl FnOnce()) -> bool {
+        let keys = [from.min(to), from.max(to)];
+        self.mcas(
+            &keys,
+            |i, value| {
+                if keys[i] == from {
+                    value.wrapping_sub(amount)
+                } else {
+                    value.wrapping_add(amount)
+                }
+            },
+            pause,
+        )
+    }
+
+    /// Retries `attempt` until it lands, waiting as `backoff` says after each failure.
+    #[inline]
+    fn retried(backoff: Backoff, mut attempt: impl FnMut() -> bool) -> Tries {
+        let mut tries = Tries::default();
+        loop {
+            tries.attempts += 1;
+            if attempt() {
+                return tries;
+            }
+            tries.conflicts += 1;
+            backoff.wait(tries.conflicts);
+        }
+    }
+}
+
+impl Kv for Floor {
+    const NAME: &'static str = "floor";
+
+    fn new(keys: usize, initial: u64) -> Self {
+        let word = VERSION_ONE | (initial & VALUE_BITS);
+        Floor((0..keys).map(|_| Line(AtomicU64::new(word))).collect())
+    }
+
+    /// Waits while the word is claimed: the floor has no descriptor to read the value from.
+    #[inline]
+    fn read(&self, key: u64) -> u64 {
+        let _pin = epoch::pin();
+        let word = self.word(key);
+        let mut failures = 0;
+        loop {
+            let current = word.load(Ordering::Acquire);
+            if current & CLAIM == 0 {
+                return Self::value(current);
+            }
+            failures += 1;
+            Backoff::Exponential.wait(failures);
+        }
+    }
+
+    fn incr(&self, key: u64, backoff: Backoff) -> Tries {
+        Self::retried(backoff, || {
+            self.mcas(&[key], |_, value| value.wrapping_add(1), || {})
+        })
+    }
+
+    fn transfer(&self, from: u64, to: u64, amount: u64, backoff: Backoff) -> Tries {
+        Self::retried(backoff, || {
+            self.try_transfer_pausing(from, to, amount, || {})
+        })
+    }
+
+    fn snapshot(&self, keys: &[u64], out: &mut Vec<u64>) -> Tries {
+        let _pin = epoch::pin();
+        Self::retried(Backoff::Exponential, || {
+            out.clear();
+            out.extend(
+                keys.iter()
+                    .map(|&key| self.word(key).load(Ordering::Acquire)),
+            );
+            let still = out.iter().zip(keys).all(|(&word, &key)| {
+                word & CLAIM == 0 && self.word(key).load(Ordering::Acquire) == word
+            });
+            if still {
+                out.iter_mut().for_each(|word| *word = Self::value(*word));
+            }
+            still
+        })
+    }
+
+    fn write_all(&self, keys: &[u64], backoff: Backoff) -> Tries {
+        assert!(
+            keys.len() <= FLOOR_MAX_KEYS,
+            "the floor commits at most {FLOOR_MAX_KEYS} keys at once"
+        );
+        let mut sorted = [0u64; FLOOR_MAX_KEYS];
+        let sorted = &mut sorted[..keys.len()];
+        sorted.copy_from_slice(keys);
+        sorted.sort_unstable();
+        Self::retried(backoff, || {
+            self.mcas(sorted, |_, value| value.wrapping_add(1), || {})
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One ArcSwap per key.
+
+/// One `ArcSwap<(version, value)>` per key in a fixed array: the bare per-key CAS of a
+/// copy-on-write record (one allocation per write, freed through arc-swap's debts).
+pub struct ArcSwapCell(Vec<ArcSwap<(u64, u64)>>);
+
+impl ArcSwapCell {
     /// One CAS of one key from the record just loaded to its successor; false on a conflict.
     #[inline]
     fn cas_incr(slot: &ArcSwap<(u64, u64)>) -> bool {
@@ -628,12 +951,12 @@ impl Floor {
     }
 }
 
-impl Kv for Floor {
-    const NAME: &'static str = "floor";
+impl Kv for ArcSwapCell {
+    const NAME: &'static str = "arcswap";
     const MULTI_KEY: bool = false;
 
     fn new(keys: usize, initial: u64) -> Self {
-        Floor(
+        ArcSwapCell(
             (0..keys)
                 .map(|_| ArcSwap::from_pointee((1, initial)))
                 .collect(),
@@ -659,11 +982,11 @@ impl Kv for Floor {
     }
 
     fn transfer(&self, _: u64, _: u64, _: u64, _: Backoff) -> Tries {
-        unimplemented!("the floor has no multi-key operations")
+        unimplemented!("the ArcSwap cell has no multi-key operations")
     }
 
     fn snapshot(&self, _: &[u64], _: &mut Vec<u64>) -> Tries {
-        unimplemented!("the floor has no multi-key operations")
+        unimplemented!("the ArcSwap cell has no multi-key operations")
     }
 
     /// One CAS per key, each retried on its own: not atomic, only the cost of k CASes.
