@@ -59,8 +59,9 @@ struct Outcome {
     /// threads.
     attempts: u64,
     conflicts: u64,
-    /// How many times the stalled thread stopped.
+    /// How many times the stalled thread stopped, and the time its stalled attempts took.
     stalls: u64,
+    stalled_ns: u64,
     latency: Histogram<u64>,
 }
 
@@ -80,6 +81,7 @@ struct Tally {
     attempts: u64,
     conflicts: u64,
     stalls: u64,
+    stalled_ns: u64,
     latency: Histogram<u64>,
 }
 
@@ -136,6 +138,7 @@ fn run<K: Stalling>(threads: usize, duration: Duration, thread0: Option<bool>) -
         attempts: 0,
         conflicts: 0,
         stalls: tallies.iter().map(|tally| tally.stalls).sum(),
+        stalled_ns: tallies.iter().map(|tally| tally.stalled_ns).sum(),
         latency: histogram(),
     };
     for tally in &tallies[skip..] {
@@ -164,6 +167,7 @@ fn transfers<K: Stalling>(
         attempts: 0,
         conflicts: 0,
         stalls: 0,
+        stalled_ns: 0,
         latency: histogram(),
     };
     barrier.wait();
@@ -177,8 +181,13 @@ fn transfers<K: Stalling>(
         loop {
             tally.attempts += 1;
             let stall = (stalled && failures == 0).then_some(STALL);
-            tally.stalls += u64::from(stall.is_some());
-            if kv.try_transfer(from, to, 1, stall) {
+            let attempt = Instant::now();
+            let landed = kv.try_transfer(from, to, 1, stall);
+            if stall.is_some() {
+                tally.stalls += 1;
+                tally.stalled_ns += u64::try_from(attempt.elapsed().as_nanos()).unwrap_or(0);
+            }
+            if landed {
                 break;
             }
             failures += 1;
@@ -233,7 +242,7 @@ fn report(workload: &str, name: &str, outcome: &Outcome) {
     eprintln!(
         "LOCKFREE {workload}/{name} threads={} measured={} seconds={:.3} commits={} \
          throughput={:.0} p50_ns={} p99_ns={} p999_ns={} p9999_ns={} max_ns={} attempts={} \
-         conflicts={} stalls={}",
+         conflicts={} stalls={} stalled_ns={}",
         outcome.threads,
         outcome.measured,
         outcome.seconds,
@@ -247,6 +256,7 @@ fn report(workload: &str, name: &str, outcome: &Outcome) {
         outcome.attempts,
         outcome.conflicts,
         outcome.stalls,
+        outcome.stalled_ns,
     );
 }
 
