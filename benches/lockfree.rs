@@ -7,7 +7,7 @@
 //! until it lands (with the same [`Backoff::Exponential`] as the contention benchmarks). A
 //! transfer's latency runs from its start until it committed, retries included.
 //!
-//! - `stall`: two threads, as many as this machine has cores, for `STALL_SECONDS` seconds
+//! - `stall`: two threads (one per core on a 2-core machine) for `STALL_SECONDS` seconds
 //!   (default 2). Thread 0 stops for 1 ms in the middle of every 100th transfer: the store's
 //!   commit after claiming its first key (`Collection::commit_paused(1)`, sleep, `resume`);
 //!   the Axon-shaped mutex map's while it holds the lock between validating and writing;
@@ -95,9 +95,19 @@ fn rng(thread: usize) -> Rng {
     Rng::new(RUN.fetch_add(1, Ordering::Relaxed) << 8 | thread as u64)
 }
 
-/// Transfers on `threads` threads for `duration`. With `Some(stall)`, thread 0 is left out of
-/// the outcome, and stops mid-commit in every `STALL_EVERY`-th transfer if `stall`.
-fn run<K: Stalling>(threads: usize, duration: Duration, thread0: Option<bool>) -> Outcome {
+/// What thread 0 of a run does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Thread0 {
+    /// Transfers and is measured, as every other thread.
+    Measured,
+    /// Transfers, and is left out of the outcome.
+    Unmeasured,
+    /// Stops mid-commit in every `STALL_EVERY`-th transfer, and is left out of the outcome.
+    Stalling,
+}
+
+/// Transfers on `threads` threads for `duration`, thread 0 as `thread0` says.
+fn run<K: Stalling>(threads: usize, duration: Duration, thread0: Thread0) -> Outcome {
     let kv = K::new(ACCOUNTS as usize, BALANCE);
     let stop = AtomicBool::new(false);
     let barrier = Barrier::new(threads + 1);
@@ -105,7 +115,7 @@ fn run<K: Stalling>(threads: usize, duration: Duration, thread0: Option<bool>) -
         let handles: Vec<_> = (0..threads)
             .map(|index| {
                 let (kv, stop, barrier) = (&kv, &stop, &barrier);
-                let stalls = thread0 == Some(true) && index == 0;
+                let stalls = thread0 == Thread0::Stalling && index == 0;
                 scope.spawn(move || transfers::<K>(kv, index, stalls, stop, barrier))
             })
             .collect();
@@ -129,7 +139,7 @@ fn run<K: Stalling>(threads: usize, duration: Duration, thread0: Option<bool>) -
         "{}: transfers must keep the total",
         K::NAME
     );
-    let skip = usize::from(thread0.is_some());
+    let skip = usize::from(thread0 != Thread0::Measured);
     let mut outcome = Outcome {
         seconds,
         threads,
@@ -181,11 +191,11 @@ fn transfers<K: Stalling>(
         loop {
             tally.attempts += 1;
             let stall = (stalled && failures == 0).then_some(STALL);
-            let attempt = Instant::now();
+            let stalled_from = stall.map(|_| Instant::now());
             let landed = kv.try_transfer(from, to, 1, stall);
-            if stall.is_some() {
+            if let Some(stalled_from) = stalled_from {
                 tally.stalls += 1;
-                tally.stalled_ns += u64::try_from(attempt.elapsed().as_nanos()).unwrap_or(0);
+                tally.stalled_ns += u64::try_from(stalled_from.elapsed().as_nanos()).unwrap_or(0);
             }
             if landed {
                 break;
@@ -263,9 +273,9 @@ fn report(workload: &str, name: &str, outcome: &Outcome) {
 /// The stall workload for one implementation: its worker without stalls, then with; returns
 /// (stalled, unstalled).
 fn stall<K: Stalling>(duration: Duration) -> (Outcome, Outcome) {
-    let unstalled = run::<K>(STALL_THREADS, duration, Some(false));
+    let unstalled = run::<K>(STALL_THREADS, duration, Thread0::Unmeasured);
     report("unstalled", K::NAME, &unstalled);
-    let stalled = run::<K>(STALL_THREADS, duration, Some(true));
+    let stalled = run::<K>(STALL_THREADS, duration, Thread0::Stalling);
     report("stall", K::NAME, &stalled);
     (stalled, unstalled)
 }
@@ -297,7 +307,7 @@ fn stall_summary(
 
 /// The oversubscribed workload for one implementation.
 fn oversubscribed<K: Stalling>(duration: Duration) -> Outcome {
-    let outcome = run::<K>(OVERSUBSCRIBED_THREADS, duration, None);
+    let outcome = run::<K>(OVERSUBSCRIBED_THREADS, duration, Thread0::Measured);
     report("oversubscribed", K::NAME, &outcome);
     outcome
 }
