@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{current_tid, within, Counts, Tracked, XorShift};
-use stm_store::{Backoff, Error, Store, TxError};
+use stm_store::{Backoff, Error, Store, Tx, TxError};
 
 /// A liveness bound: a call that must finish at all (never a performance threshold).
 const LIVENESS: Duration = Duration::from_secs(60);
@@ -43,6 +43,24 @@ fn wait_until_asleep(tid: Option<u32>) {
 fn pause_here(reached: &mpsc::Sender<()>, go: &mpsc::Receiver<()>) {
     reached.send(()).unwrap();
     let _ = go.recv();
+}
+
+/// Waits (yielding) until `store` has counted `waits` waits in `retry`: a transaction counts
+/// its wait only after its closure returned, so its reads are done by then.
+#[track_caller]
+fn wait_for_waits<K, V>(store: &Store<K, V>, waits: u64)
+where
+    K: Ord + std::hash::Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let start = Instant::now();
+    while store.stats().tx_waits < waits {
+        assert!(
+            start.elapsed() < LIVENESS,
+            "no transaction reached its wait in `retry`"
+        );
+        thread::yield_now();
+    }
 }
 
 /// Receives one message, failing the test (instead of hanging) if none comes within the
@@ -89,6 +107,9 @@ type Shared = Arc<Store<&'static str, i64>>;
 /// liveness bound of [`Waiter::result`]) instead of hanging it.
 struct Waiter<T> {
     tid: Option<u32>,
+    store: Shared,
+    /// The store's count of waits in `retry` before the waiter started.
+    waits_before: u64,
     attempts: mpsc::Receiver<u32>,
     done: mpsc::Receiver<T>,
     thread: Option<thread::JoinHandle<()>>,
@@ -98,16 +119,19 @@ fn spawn_waiter<T: Send + 'static>(
     store: &Shared,
     body: impl FnOnce(&Store<&'static str, i64>, mpsc::Sender<u32>) -> T + Send + 'static,
 ) -> Waiter<T> {
-    let store = Arc::clone(store);
+    let waits_before = store.stats().tx_waits;
     let (tid_tx, tid_rx) = mpsc::channel();
     let (attempt_tx, attempts) = mpsc::channel();
     let (done_tx, done) = mpsc::channel();
+    let theirs = Arc::clone(store);
     let thread = thread::spawn(move || {
         tid_tx.send(current_tid()).unwrap();
-        let _ = done_tx.send(body(&store, attempt_tx));
+        let _ = done_tx.send(body(&theirs, attempt_tx));
     });
     Waiter {
         tid: recv(&tid_rx, "the waiter's thread id"),
+        store: Arc::clone(store),
+        waits_before,
         attempts,
         done,
         thread: Some(thread),
@@ -115,10 +139,16 @@ fn spawn_waiter<T: Send + 'static>(
 }
 
 impl<T> Waiter<T> {
-    /// Waits for the first attempt, then until the thread sleeps (in `retry`).
+    /// Waits for the first attempt, until it has read its keys (it counts its wait in `retry`
+    /// only after its closure returned), then until the thread sleeps. The first wait is what
+    /// the tests rely on: a commit after it reaches the waiter by a wake-up or by the waiter's
+    /// own check before it sleeps, and either way runs the closure again. Seeing the thread
+    /// asleep alone is not enough: it may block briefly elsewhere (a lock of the allocator,
+    /// shared with the tests running beside it) before it read anything.
     #[track_caller]
     fn first_attempt_then_asleep(&self) {
         assert_eq!(recv(&self.attempts, "the waiter's first attempt"), 1);
+        wait_for_waits(&self.store, self.waits_before + 1);
         wait_until_asleep(self.tid);
     }
 
@@ -737,34 +767,59 @@ fn a_timeout_returns_an_error_and_writes_nothing() {
     assert_eq!(value_of(&store, "draft"), (0, None));
 }
 
+/// The body of a closure for the tests of timeouts after conflicts: it sets "mine" to "x", and
+/// on its first `conflicts` runs it also commits "x" through a handle and then reads "y", which
+/// stops the run (a key it read changed), so the transaction runs it again.
+fn conflicting_run(
+    tx: &mut Tx<'_, &'static str, i64>,
+    store: &Store<&'static str, i64>,
+    runs: &mut u32,
+    conflicts: u32,
+) -> Result<(), TxError> {
+    *runs += 1;
+    let x = tx.get(&"x")?.unwrap_or(0);
+    tx.set(&"mine", x)?;
+    if *runs <= conflicts {
+        let mut h = store.usevar("x").unwrap();
+        h.set(x + 1);
+        h.commit().unwrap();
+        tx.get(&"y")?;
+    }
+    Ok(())
+}
+
 /// The timeout bounds new attempts after conflicts too, not only waits: a closure that makes
-/// its own attempt conflict every time (it commits a key it read through a handle, then reads
-/// another key) gives up with a timeout, having run more than once and written nothing.
+/// its own attempt conflict every time gives up with a timeout, having written nothing (without
+/// the deadline it would run for ever). A deadline that has not passed lets conflicts run the
+/// closure again: one that conflicts three times commits on its fourth run. (Whether the
+/// always-conflicting closure ran once or more before its deadline depends on the machine's
+/// speed, so the test does not ask.)
 #[test]
 fn a_timeout_bounds_attempts_that_keep_conflicting() {
-    let store = Arc::new(Store::<&'static str, i64>::new());
-    let s = Arc::clone(&store);
-    let (result, runs) = within("a transaction that always conflicts", move || {
-        let mut runs = 0;
-        let result: Result<(), TxError> =
-            s.transaction()
-                .timeout(Duration::from_millis(20))
-                .run(|tx| {
-                    runs += 1;
-                    let x = tx.get(&"x")?.unwrap_or(0);
-                    tx.set(&"mine", x)?;
-                    let mut h = s.usevar("x").unwrap();
-                    h.set(x + 1);
-                    h.commit().unwrap();
-                    tx.get(&"y")?;
-                    Ok(())
-                });
-        (result, runs)
-    });
-    assert!(result.unwrap_err().is_timeout());
-    assert!(runs > 1, "ran {runs} times");
-    assert_eq!(value_of(&store, "mine"), (0, None));
-    assert_eq!(value_of(&store, "x"), (runs, Some(runs as i64)));
+    for (timeout, conflicts) in [(Duration::from_millis(20), u32::MAX), (LIVENESS, 3)] {
+        let store = Arc::new(Store::<&'static str, i64>::new());
+        let s = Arc::clone(&store);
+        let (result, runs) = within("a transaction that conflicts", move || {
+            let mut runs = 0;
+            let result: Result<(), TxError> = s
+                .transaction()
+                .timeout(timeout)
+                .run(|tx| conflicting_run(tx, &s, &mut runs, conflicts));
+            (result, runs)
+        });
+        let x = (
+            u64::from(runs.min(conflicts)),
+            Some(i64::from(runs.min(conflicts))),
+        );
+        assert_eq!(value_of(&store, "x"), x);
+        if conflicts == u32::MAX {
+            assert!(result.unwrap_err().is_timeout());
+            assert_eq!(value_of(&store, "mine"), (0, None));
+        } else {
+            assert_eq!((result, runs), (Ok(()), 4));
+            assert_eq!(value_of(&store, "mine"), (1, Some(3)));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1165,6 +1220,7 @@ async fn async_retry_awaits_a_change_from_spawn_blocking() {
     let (done_tx, done) = mpsc::channel();
     let waiter = spawn_job_waiter(&store, "job", attempt_tx, done_tx);
     assert_eq!(recv(&attempts, "the first attempt"), ("job", 1));
+    wait_for_waits(&store, 1); // it has read "job": the write below must wake it
     let s = Arc::clone(&store);
     tokio::task::spawn_blocking(move || write(&s, Writer::Value, "job", 5))
         .await
