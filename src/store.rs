@@ -546,11 +546,16 @@ where
         }
     }
 
-    /// The slot listed for `key`, created (from a clone of the key) if there is none.
-    pub(crate) fn slot_of(&self, key: &K) -> SlotRef<'_, K, V> {
+    /// The slot listed for `key` (by any borrowed form of it), created (from an owned copy of
+    /// the key) if there is none.
+    pub(crate) fn slot_of<Q>(&self, key: &Q) -> SlotRef<'_, K, V>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         match self.table.get(key) {
             Some(slot) => slot,
-            None => self.create(key.clone()),
+            None => self.create(K::from(key.to_owned())),
         }
     }
 

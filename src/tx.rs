@@ -17,6 +17,7 @@
 //!
 //! [`Collection::commit`]: crate::Collection::commit
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
@@ -82,6 +83,36 @@ impl std::error::Error for TxError {}
 ///
 /// Reads see the transaction's own writes. Nothing is written to the store until the closure
 /// returns `Ok` and the commit lands; then all of it is, at one instant.
+///
+/// **Pass every [`TxError`] up with `?`; never `unwrap` it.** Each read or write returns one
+/// when the attempt must stop: a key it read changed (normal under contention), or the
+/// closure called [`retry`](Tx::retry). Passed up, it makes the transaction run the closure
+/// again (or wait); unwrapped, it panics where the store would simply have run the closure
+/// again. So write `tx.get(&key)?`, then look at the `Option` it gives.
+///
+/// Keys are taken by any borrowed form, as [`Store::get`] takes them (`K: Borrow<Q>`, and
+/// `K: From<Q::Owned>` to make the key if the transaction creates it):
+///
+/// ```
+/// use std::sync::Arc;
+/// use stm_store::Store;
+///
+/// let accounts: Store<String, i64> = Store::new();
+/// accounts.atomically(|tx| tx.set("acct-0", 10)); // a `&str` for a `String` key
+/// let owned = "acct-0".to_string();
+/// assert_eq!(accounts.atomically(|tx| tx.get(&owned)), Some(10)); // or a `&String`
+///
+/// let names: Store<&'static str, i64> = Store::new();
+/// names.atomically(|tx| tx.set(&"x", 1)); // a `&&str` for a `&'static str` key
+///
+/// let numbers: Store<u64, i64> = Store::new();
+/// numbers.atomically(|tx| tx.set(&5, 1));
+/// assert!(numbers.atomically(|tx| tx.exists(&5)));
+///
+/// let shared: Store<Arc<str>, i64> = Store::new();
+/// shared.atomically(|tx| tx.set("k", 1)); // a `&str` for an `Arc<str>` key
+/// assert_eq!(shared.atomically(|tx| tx.version("k")), 1);
+/// ```
 pub struct Tx<'s, K, V, S = crate::DefaultHasher> {
     store: &'s Store<K, V, S>,
     /// Every key read or written, in the order first touched.
@@ -125,7 +156,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn get(&mut self, key: &K) -> Result<Option<V>, TxError> {
+    pub fn get<Q>(&mut self, key: &Q) -> Result<Option<V>, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         let at = self.touch(key)?;
         Ok(self.keys[at].current().cloned())
     }
@@ -136,7 +171,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn exists(&mut self, key: &K) -> Result<bool, TxError> {
+    pub fn exists<Q>(&mut self, key: &Q) -> Result<bool, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         let at = self.touch(key)?;
         Ok(self.keys[at].current().is_some())
     }
@@ -148,7 +187,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn version(&mut self, key: &K) -> Result<u64, TxError> {
+    pub fn version<Q>(&mut self, key: &Q) -> Result<u64, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         let at = self.touch(key)?;
         Ok(self.keys[at].version)
     }
@@ -159,7 +202,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn set(&mut self, key: &K, value: V) -> Result<(), TxError> {
+    pub fn set<Q>(&mut self, key: &Q, value: V) -> Result<(), TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         self.write(key, Write::Value(Some(value)))
     }
 
@@ -168,7 +215,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn clear(&mut self, key: &K) -> Result<(), TxError> {
+    pub fn clear<Q>(&mut self, key: &Q) -> Result<(), TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         self.write(key, Write::Value(None))
     }
 
@@ -188,7 +239,11 @@ where
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
     ///
     /// [`Value::remove`]: crate::Value::remove
-    pub fn remove(&mut self, key: &K) -> Result<(), TxError> {
+    pub fn remove<Q>(&mut self, key: &Q) -> Result<(), TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         self.write(key, Write::Remove)
     }
 
@@ -210,7 +265,7 @@ where
     /// that either read.
     ///
     /// ```
-    /// let store = stm_store::Store::new();
+    /// let store: stm_store::Store<&str, u32> = stm_store::Store::new();
     /// store.atomically(|tx| tx.set(&"spare", 1));
     /// // Take from "main" if it has anything, else from "spare".
     /// let took = store.atomically(|tx| {
@@ -264,21 +319,36 @@ where
         self.attempt
     }
 
-    fn write(&mut self, key: &K, value: Write<V>) -> Result<(), TxError> {
+    fn write<Q>(&mut self, key: &Q, value: Write<V>) -> Result<(), TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         let at = self.touch(key)?;
+        self.write_at(at, value);
+        Ok(())
+    }
+
+    /// Writes to the key touched at `at` (undone if an `or_else` branch around it retries).
+    fn write_at(&mut self, at: usize, value: Write<V>) {
         let replaced = self.keys[at].write.replace(value);
         if self.branches > 0 {
             self.undo.push((at, replaced));
         }
-        Ok(())
     }
 
     /// The index of `key` among the keys this attempt touched, reading it first if it is new.
-    fn touch(&mut self, key: &K) -> Result<usize, TxError> {
+    fn touch<Q>(&mut self, key: &Q) -> Result<usize, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         if let Some(stop) = self.stop {
             return Err(TxError(stop));
         }
-        if let Some(at) = self.keys.iter().position(|k| k.slot.key == *key) {
+        // Compared in the borrowed form: finding a key already touched copies nothing.
+        let touched = |k: &TxKey<'s, K, V>| Borrow::<Q>::borrow(&k.slot.key) == key;
+        if let Some(at) = self.keys.iter().position(touched) {
             return Ok(at);
         }
         let pin = pin();
