@@ -195,13 +195,13 @@ where
     ///
     /// # Panics
     ///
-    /// If called inside a transaction's closure on the same store (use that closure's [`Tx`]),
-    /// or if the closure returns a [`TxError`] that its own attempt did not raise (one kept
+    /// If called inside a transaction's closure, on any store (contract point 31: use that
+    /// closure's [`Tx`]), or if the closure returns a [`TxError`] that its own attempt did not raise (one kept
     /// from an earlier attempt). A panic in the closure goes on to the caller; nothing is
     /// written.
     #[track_caller]
     pub fn atomically<T>(&self, f: impl FnMut(&mut Tx<'_, K, V, S>) -> Result<T, TxError>) -> T {
-        match self.transaction().run(f) {
+        match self.transaction().run_as("Store::atomically", f) {
             Ok(value) => value,
             Err(stale) => panic!("Store::atomically: the closure returned a TxError that its own attempt did not raise ({stale})"),
         }
@@ -232,12 +232,17 @@ where
     /// # Errors
     ///
     /// The closure's own error.
+    ///
+    /// # Panics
+    ///
+    /// If called inside a transaction's closure, on any store (contract point 31). A panic in
+    /// the closure goes on to the caller; nothing is written.
     #[track_caller]
     pub fn try_atomically<T, E: From<TxError>>(
         &self,
         f: impl FnMut(&mut Tx<'_, K, V, S>) -> Result<T, E>,
     ) -> Result<T, E> {
-        self.transaction().run(f)
+        self.transaction().run_as("Store::try_atomically", f)
     }
 
     /// A transaction with options (a timeout, a backoff) to run blocking or as a future.

@@ -380,10 +380,15 @@ where
             .all(|k| k.slot.load(&pin).version() == k.version)
     }
 
-    /// Runs `f` as this attempt and commits what it did.
-    fn run<T, E>(&mut self, f: &mut impl FnMut(&mut Self) -> Result<T, E>) -> Attempt<T, E> {
+    /// Runs `f` as this attempt (of the call `call`) and commits what it did.
+    #[track_caller]
+    fn run<T, E>(
+        &mut self,
+        call: &str,
+        f: &mut impl FnMut(&mut Self) -> Result<T, E>,
+    ) -> Attempt<T, E> {
         self.store.shared().count(Count::TxAttempt);
-        let running = Nesting::enter(self.store);
+        let running = Nesting::enter(self.store, call);
         let result = f(self);
         drop(running);
         match (self.stop, result) {
@@ -420,12 +425,26 @@ where
         true
     }
 
-    /// Waits, without blocking the thread, until a key read has changed.
-    async fn changed_async(&self) {
+    /// Waits, without blocking the thread, until a key read has changed (true) or `timer`
+    /// fires (false).
+    async fn changed_before(&self, mut timer: Option<&mut futures_timer::Delay>) -> bool {
         self.store.shared().count(Count::TxWait);
-        while let Some(watch) = self.watch() {
-            watch.notified().await;
-        }
+        let changed = async {
+            while let Some(watch) = self.watch() {
+                watch.notified().await;
+            }
+        };
+        let mut changed = std::pin::pin!(changed);
+        std::future::poll_fn(|cx| {
+            if changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            match timer.as_deref_mut().map(|timer| Pin::new(timer).poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(false),
+                _ => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Registers as a waiter, then checks the reads: `None` if one changed (nothing to wait
@@ -583,18 +602,28 @@ where
     ///
     /// # Panics
     ///
-    /// If called from inside a transaction's closure on the same store (the outer transaction
-    /// would run again for ever): use the outer closure's [`Tx`].
+    /// If called inside a transaction's closure, on any store (contract point 31): use the
+    /// outer closure's [`Tx`].
     #[track_caller]
     pub fn run<T, E: From<TxError>>(
         self,
+        f: impl FnMut(&mut Tx<'s, K, V, S>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.run_as("Transaction::run", f)
+    }
+
+    /// [`run`](Transaction::run), on behalf of `call` (which a refused nesting names).
+    #[track_caller]
+    pub(crate) fn run_as<T, E: From<TxError>>(
+        self,
+        call: &str,
         mut f: impl FnMut(&mut Tx<'s, K, V, S>) -> Result<T, E>,
     ) -> Result<T, E> {
-        Nesting::refuse(self.store);
+        refuse_nested(self.store, call);
         let mut backing = Backing::new(self.backoff);
         for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
-            let waited = match tx.run(&mut f) {
+            let waited = match tx.run(call, &mut f) {
                 Attempt::Done(result) => return result,
                 Attempt::Conflict => {
                     if backing.spin() {
@@ -611,37 +640,62 @@ where
         unreachable!("attempts never end")
     }
 
-    /// [`run`](Transaction::run) as a future: [`Tx::retry`] waits for a change without
-    /// blocking the thread, and a conflict yields to the executor at the backoff's bound.
-    /// Runtime-agnostic (it needs no timer). Dropping the future at any point writes nothing.
+    /// [`run`](Transaction::run) as a future, for any executor: [`Tx::retry`] waits for a
+    /// change without blocking the thread, and a conflict yields to the executor at the
+    /// backoff's bound. Dropping the future at any point writes nothing.
     ///
-    /// For a time limit, wrap the future in your runtime's timeout (`tokio::time::timeout`).
+    /// A [`deadline`](Transaction::deadline) or [`timeout`](Transaction::timeout) bounds it as
+    /// it bounds `run`, whatever the executor: the wake-up at the deadline comes from
+    /// `futures-timer` (one thread for the whole process, started by the first future that has
+    /// a deadline; a future without one uses no timer).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # async fn wait_for_job(store: &stm_store::Store<&'static str, u32>) {
+    /// let job: Result<u32, stm_store::TxError> = store
+    ///     .transaction()
+    ///     .timeout(Duration::from_millis(10))
+    ///     .run_async(|tx| match tx.get(&"job")? {
+    ///         Some(job) => Ok(job),
+    ///         None => tx.retry(), // awaits a change to "job", or the deadline
+    ///     })
+    ///     .await;
+    /// assert!(job.unwrap_err().is_timeout());
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
-    /// The closure's own error (nothing written).
+    /// The closure's own error (nothing written), or a timeout (`E::from` a [`TxError`] that
+    /// [`is_timeout`](TxError::is_timeout)).
     ///
     /// # Panics
     ///
-    /// When first polled, if a [`deadline`](Transaction::deadline) or
-    /// [`timeout`](Transaction::timeout) was set: a future cannot wake itself at a deadline
-    /// without a runtime's timer.
+    /// If polled inside a transaction's closure, on any store (contract point 31). A nested
+    /// future can only be driven there by blocking on it inside the closure.
     pub async fn run_async<T, E: From<TxError>>(
         self,
         mut f: impl FnMut(&mut Tx<'s, K, V, S>) -> Result<T, E>,
     ) -> Result<T, E> {
-        assert!(
-            self.deadline.is_none(),
-            "Transaction::run_async: a deadline needs a timer; wrap the future in your runtime's timeout instead"
-        );
+        let mut timer = self.deadline.map(|deadline| {
+            futures_timer::Delay::new(deadline.saturating_duration_since(Instant::now()))
+        });
         let mut backing = Backing::new(self.backoff);
         for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
-            match tx.run(&mut f) {
+            let waited = match tx.run("Transaction::run_async", &mut f) {
                 Attempt::Done(result) => return result,
-                Attempt::Conflict if backing.spin() => YieldNow(false).await,
-                Attempt::Conflict => {}
-                Attempt::Retry => tx.changed_async().await,
+                Attempt::Conflict => {
+                    if backing.spin() {
+                        YieldNow(false).await;
+                    }
+                    true
+                }
+                Attempt::Retry => tx.changed_before(timer.as_mut()).await,
+            };
+            if !waited || self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(TxError(Stop::Timeout).into());
             }
         }
         unreachable!("attempts never end")
@@ -653,31 +707,48 @@ fn attempts() -> impl Iterator<Item = u32> {
     (1..u32::MAX).chain(std::iter::repeat(u32::MAX))
 }
 
-/// Marks the store whose transaction this thread is running, to refuse a nested one: the inner
-/// transaction's commit would change what the outer one read, and the outer one would run
-/// again for ever.
+/// Marks the store whose transaction's closure this thread is running, to refuse a transaction
+/// started inside it, on any store: on the same store, the inner commit would change what the
+/// outer transaction read, and the outer one would run again for ever; on another store, it
+/// would commit on its own, not atomically with the outer one. As every such start is refused,
+/// a thread runs at most one closure at a time: the mark is the whole stack of transactions.
 struct Nesting(usize);
 
 // Not a `const` initializer: loom's `thread_local!` takes none.
 #[allow(clippy::missing_const_for_thread_local)]
 mod running {
+    // The address of the store whose transaction's closure runs on this thread; 0 for none.
     crate::primitive::thread_local!(pub(super) static RUNNING: std::cell::Cell<usize> = std::cell::Cell::new(0));
 }
 use running::RUNNING;
 
-impl Nesting {
-    /// Panics if this thread is running a closure of a transaction of `store`.
-    #[track_caller]
-    fn refuse<K, V, S>(store: &Store<K, V, S>) {
-        let nested = RUNNING.with(|running| running.get() == Self::id(store));
-        assert!(
-            !nested,
-            "Store::atomically inside a transaction of the same store: use the outer closure's Tx instead"
+/// Panics if this thread is running a transaction's closure, on any store: `call` (a
+/// transaction, or a single-key change that is one) would not be part of that transaction.
+#[track_caller]
+pub(crate) fn refuse_nested<K, V, S>(store: &Store<K, V, S>, call: &str) {
+    let running = RUNNING.with(std::cell::Cell::get);
+    if running == 0 {
+        return;
+    }
+    if running == Nesting::id(store) {
+        panic!(
+            "{call} inside the closure of a transaction on the same store: transactions do not \
+             nest; use the outer closure's Tx"
         );
     }
+    panic!(
+        "{call} inside the closure of a transaction on another store: a transaction covers one \
+         store, and this one would commit on its own, not atomically with the outer one; keep \
+         the keys that change together in one store"
+    );
+}
 
-    /// Marks `store` as the one whose transaction's closure runs, until dropped.
-    fn enter<K, V, S>(store: &Store<K, V, S>) -> Self {
+impl Nesting {
+    /// Marks `store` as the one whose transaction's closure runs, until dropped; refused (as
+    /// `call`) if this thread already runs one.
+    #[track_caller]
+    fn enter<K, V, S>(store: &Store<K, V, S>, call: &str) -> Self {
+        refuse_nested(store, call);
         Self(RUNNING.with(|running| running.replace(Self::id(store))))
     }
 

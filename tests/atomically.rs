@@ -1385,23 +1385,9 @@ async fn async_dropping_a_waiting_future_writes_nothing() {
     assert_eq!(recv(&done, "the new waiter, woken"), ("next", 8));
 }
 
-/// `run_async` with a deadline panics with its documented message (a future cannot wake
-/// itself at a deadline without a runtime's timer).
-#[tokio::test]
-#[should_panic(expected = "Transaction::run_async: a deadline needs a timer")]
-async fn async_with_a_deadline_panics() {
-    let store: Store<&'static str, i64> = Store::new();
-    let _ = store
-        .transaction()
-        .timeout(Duration::from_secs(1))
-        .run_async(|tx| tx.get(&"k").map(drop))
-        .await;
-}
-
-/// `run_async` needs no runtime: a minimal executor (park the thread, unpark on wake) drives a
-/// waiter that another thread wakes by a commit.
-#[test]
-fn async_runs_on_a_minimal_executor_without_a_runtime() {
+/// A minimal executor: polls `future` on this thread, parking it until a wake-up (no
+/// runtime, no timer of its own).
+fn block_on<F: Future>(future: F) -> F::Output {
     struct Unpark(thread::Thread, AtomicBool);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -1409,21 +1395,131 @@ fn async_runs_on_a_minimal_executor_without_a_runtime() {
             self.0.unpark();
         }
     }
-    fn block_on<F: Future>(future: F) -> F::Output {
-        let mut future = pin!(future);
-        let unpark = Arc::new(Unpark(thread::current(), AtomicBool::new(false)));
-        let waker = Waker::from(Arc::clone(&unpark));
-        let mut cx = Context::from_waker(&waker);
-        loop {
-            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-                return out;
-            }
-            while !unpark.1.swap(false, SeqCst) {
-                thread::park();
-            }
+    let mut future = pin!(future);
+    let unpark = Arc::new(Unpark(thread::current(), AtomicBool::new(false)));
+    let waker = Waker::from(Arc::clone(&unpark));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        while !unpark.1.swap(false, SeqCst) {
+            thread::park();
         }
     }
+}
 
+/// A `run_async` transaction with a timeout that retries until "never" has a value, which
+/// nothing writes, after setting "draft": the future it makes under a given executor.
+async fn async_wait_for_never(store: &Store<&'static str, i64>) -> Result<i64, TxError> {
+    store
+        .transaction()
+        .timeout(Duration::from_millis(20))
+        .run_async(|tx| {
+            tx.set(&"draft", 1)?;
+            match tx.get(&"never")? {
+                Some(n) => Ok(n),
+                None => tx.retry(),
+            }
+        })
+        .await
+}
+
+/// The timeout of a `run_async` fires under tokio, whose own timer it does not use: the
+/// future ends with a `TxError` that `is_timeout`, and nothing is written. A watchdog (not a
+/// time threshold) fails the test if it never ends.
+#[test]
+fn async_a_timeout_fires_under_tokio_and_writes_nothing() {
+    let store = Arc::new(Store::<&'static str, i64>::new());
+    let s = Arc::clone(&store);
+    let result = within("a run_async with a timeout, under tokio", move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async { async_wait_for_never(&s).await })
+    });
+    assert!(result.unwrap_err().is_timeout());
+    assert_eq!(store.get("draft").and_then(|(_, value)| value), None);
+    assert_eq!(store.stats().commits, 0, "nothing written");
+}
+
+/// The same timeout fires on a minimal executor (park and unpark, no runtime, no timer): the
+/// wake-up at the deadline is the store's own.
+#[test]
+fn async_a_timeout_fires_on_a_minimal_executor_and_writes_nothing() {
+    let store = Arc::new(Store::<&'static str, i64>::new());
+    let s = Arc::clone(&store);
+    let result = within(
+        "a run_async with a timeout, on a minimal executor",
+        move || block_on(async_wait_for_never(&s)),
+    );
+    assert!(result.unwrap_err().is_timeout());
+    assert_eq!(store.get("draft").and_then(|(_, value)| value), None);
+    assert_eq!(store.stats().commits, 0, "nothing written");
+}
+
+/// The deadline bounds the attempts after conflicts too, in `run_async` as in `run` (see
+/// `a_timeout_bounds_attempts_that_keep_conflicting`): always conflicting, it gives up with a
+/// timeout and writes nothing; conflicting three times before its deadline, it commits on its
+/// fourth run.
+#[test]
+fn async_a_timeout_bounds_attempts_that_keep_conflicting() {
+    for (timeout, conflicts) in [(Duration::from_millis(20), u32::MAX), (LIVENESS, 3)] {
+        let store = Arc::new(Store::<&'static str, i64>::new());
+        let s = Arc::clone(&store);
+        let (result, runs) = within("an async transaction that conflicts", move || {
+            let mut runs = 0;
+            let result: Result<(), TxError> = block_on(
+                s.transaction()
+                    .timeout(timeout)
+                    .run_async(|tx| conflicting_run(tx, &s, &mut runs, conflicts)),
+            );
+            (result, runs)
+        });
+        let x = (
+            u64::from(runs.min(conflicts)),
+            Some(i64::from(runs.min(conflicts))),
+        );
+        assert_eq!(value_of(&store, "x"), x);
+        if conflicts == u32::MAX {
+            assert!(result.unwrap_err().is_timeout());
+            assert_eq!(value_of(&store, "mine"), (0, None));
+        } else {
+            assert_eq!((result, runs), (Ok(()), 4));
+            assert_eq!(value_of(&store, "mine"), (1, Some(3)));
+        }
+    }
+}
+
+/// A deadline that does not pass changes nothing: a `run_async` waiter with a long timeout, on
+/// the minimal executor, is woken by a commit and answers its value (the timer and the wake-up
+/// are polled together, and the change wins).
+#[test]
+fn async_a_waiter_with_a_deadline_is_woken_by_a_commit() {
+    let store: Shared = Arc::new(Store::new());
+    let mut waiter =
+        spawn_waiter(&store, |store, attempts| {
+            block_on(store.transaction().timeout(LIVENESS).run_async(
+                |tx| -> Result<i64, TxError> {
+                    attempts.send(tx.attempt()).unwrap();
+                    match tx.get(&"job")? {
+                        Some(job) => Ok(job),
+                        None => tx.retry(),
+                    }
+                },
+            ))
+        });
+    waiter.first_attempt_then_asleep();
+    write(&store, Writer::Value, "job", 12);
+    assert_eq!(waiter.result(), Ok(12));
+    assert_eq!(waiter.later_attempts(), [2]);
+}
+
+/// `run_async` needs no runtime: a minimal executor (park the thread, unpark on wake) drives a
+/// waiter that another thread wakes by a commit.
+#[test]
+fn async_runs_on_a_minimal_executor_without_a_runtime() {
     let store: Shared = Arc::new(Store::new());
     let mut waiter = spawn_waiter(&store, |store, attempts| {
         block_on(store.transaction().run_async(|tx| -> Result<i64, TxError> {
