@@ -3,7 +3,7 @@
 
 use std::hash::{BuildHasher, Hash};
 
-use crate::{Error, Store};
+use crate::Store;
 
 #[cfg(feature = "serde")]
 impl<K, V, S> Store<K, V, S>
@@ -81,20 +81,10 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync,
 {
+    #[track_caller]
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
         for (key, value) in pairs {
-            let mut value = Some(value);
-            loop {
-                let mut handle = self.usevar(key.clone()).expect("usevar does not fail");
-                handle.set(value.take().expect("set once per attempt"));
-                match handle.commit() {
-                    Ok(()) => break,
-                    // Another thread wrote the key meanwhile: write over it, as a map would.
-                    Err(Error::ConcurrentUpdate | Error::BusyRetry) => {
-                        value = handle.value().cloned();
-                    }
-                }
-            }
+            self.insert(key, value);
         }
     }
 }

@@ -247,6 +247,62 @@ where
         self.write(key, Write::Remove)
     }
 
+    /// Sets `key` to `f` of its value (`None`: no value, or a new key), as this transaction
+    /// sees it, and returns the value set: a read and a write of the key in one call.
+    ///
+    /// ```
+    /// let store: stm_store::Store<String, u64> = stm_store::Store::new();
+    /// let hits = store.atomically(|tx| tx.update("hits", |n| n.copied().unwrap_or(0) + 1));
+    /// assert_eq!(hits, 1);
+    /// assert_eq!(store.atomically(|tx| tx.update("hits", |n| n.unwrap() * 10)), 10);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?` (`f` did not run).
+    pub fn update<Q>(&mut self, key: &Q, f: impl FnOnce(Option<&V>) -> V) -> Result<V, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
+        let at = self.touch(key)?;
+        let new = f(self.keys[at].current());
+        self.write_at(at, Write::Value(Some(new.clone())));
+        Ok(new)
+    }
+
+    /// If `key` has a value (as this transaction sees it), sets it to `f` of that value and
+    /// returns the value set; otherwise writes nothing and returns `None` (the key is still
+    /// read, and validated at the commit).
+    ///
+    /// ```
+    /// let store: stm_store::Store<&str, i64> = [("alice", 100)].into_iter().collect();
+    /// let paid = store.atomically(|tx| {
+    ///     let alice = tx.modify(&"alice", |balance| balance - 30)?;
+    ///     let nobody = tx.modify(&"nobody", |balance| balance + 30)?;
+    ///     Ok((alice, nobody))
+    /// });
+    /// assert_eq!(paid, (Some(70), None));
+    /// assert_eq!(store.get("alice"), Some((2, Some(70))));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?` (`f` did not run).
+    pub fn modify<Q>(&mut self, key: &Q, f: impl FnOnce(&V) -> V) -> Result<Option<V>, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
+        let at = self.touch(key)?;
+        let Some(current) = self.keys[at].current() else {
+            return Ok(None);
+        };
+        let new = f(current);
+        self.write_at(at, Write::Value(Some(new.clone())));
+        Ok(Some(new))
+    }
+
     /// Gives up this attempt and waits until some key it read has changed, then runs the
     /// closure again (GHC's `retry`). Return what it returns: `return tx.retry();`, or
     /// `tx.retry()?` in a closure with its own error type.
@@ -461,6 +517,40 @@ where
     }
 }
 
+/// What the transaction did so far: its attempt, and each key it touched with the version
+/// read and its value as this transaction sees it (`pending`: written by it), as
+/// [`Value`](crate::Value) shows a handle.
+///
+/// ```
+/// let store: stm_store::Store<&str, i64> = [("alice", 100)].into_iter().collect();
+/// store.atomically(|tx| {
+///     tx.set(&"alice", 70)?;
+///     let shown = format!("{tx:?}");
+///     assert!(shown.contains(r#"key: "alice", version: 1, value: Some(70), pending: true"#));
+///     Ok(())
+/// });
+/// ```
+impl<K: fmt::Debug, V: fmt::Debug, S> fmt::Debug for Tx<'_, K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Key<'a, 's, K, V>(&'a TxKey<'s, K, V>);
+        impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Key<'_, '_, K, V> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct("Key")
+                    .field("key", &self.0.slot.key)
+                    .field("version", &self.0.version)
+                    .field("value", &self.0.current())
+                    .field("pending", &self.0.write.is_some())
+                    .finish()
+            }
+        }
+        f.debug_struct("Tx")
+            .field("attempt", &self.attempt)
+            .field("keys", &self.keys.iter().map(Key).collect::<Vec<_>>())
+            .field("stopped", &self.stop.map(TxError))
+            .finish()
+    }
+}
+
 impl<K, V> TxKey<'_, K, V> {
     fn current(&self) -> Option<&V> {
         match &self.write {
@@ -549,6 +639,16 @@ pub struct Transaction<'s, K, V, S = crate::DefaultHasher> {
     store: &'s Store<K, V, S>,
     backoff: Backoff,
     deadline: Option<Instant>,
+}
+
+/// The options set: the backoff, and the deadline (`None`: none).
+impl<K, V, S> fmt::Debug for Transaction<'_, K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("backoff", &self.backoff)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'s, K, V, S> Transaction<'s, K, V, S>
