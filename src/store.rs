@@ -167,10 +167,11 @@ where
     /// Runs `f` as one transaction and returns its result: the way to write new code.
     ///
     /// The closure reads and writes keys through [`Tx`] as it goes (reads see its own writes)
-    /// and passes every [`TxError`] up with `?`. When it returns, its reads are validated and its
-    /// writes land, all at one instant; if some key it read had changed, **the closure runs
-    /// again**, after a short backoff, until it commits. So it may run more than once: keep
-    /// side effects out of it (or make them idempotent), and return what you computed.
+    /// and passes every [`TxError`] up with `?` (never `unwrap` one: see [`Tx`]). When it
+    /// returns, its reads are validated and its writes land, all at one instant; if some key it
+    /// read had changed, **the closure runs again**, after a short backoff, until it commits. So
+    /// it may run more than once: keep side effects out of it (or make them idempotent), and
+    /// return what you computed.
     ///
     /// Within one run, every read is consistent with all the earlier ones (opacity): an
     /// invariant that every writer keeps always holds in what the closure sees. [`Tx::retry`]
