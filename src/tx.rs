@@ -670,7 +670,8 @@ where
         Self { backoff, ..self }
     }
 
-    /// Gives up at `deadline`: [`run`](Transaction::run) then returns a [`TxError`] that
+    /// Gives up at `deadline`: [`run`](Transaction::run) (or
+    /// [`run_async`](Transaction::run_async), on any executor) then returns a [`TxError`] that
     /// [`is_timeout`](TxError::is_timeout), with nothing written. It bounds the whole call:
     /// waits in [`Tx::retry`], and new attempts after a conflict.
     pub fn deadline(self, deadline: Instant) -> Self {
