@@ -156,9 +156,22 @@ impl<'s, K, V> Value<'s, K, V> {
     where
         V: Clone,
     {
+        self.commit_replacing().map(drop)
+    }
+
+    /// The value read (after a commit that wrote: the value written), moved out of the handle.
+    pub(crate) fn into_read(mut self) -> Option<V> {
+        self.value.take()
+    }
+
+    /// [`commit`](Value::commit), handing back the value read that the write replaced instead
+    /// of dropping it (`Store::insert` returns it).
+    pub(crate) fn commit_replacing(&mut self) -> Result<Option<V>, Error>
+    where
+        V: Clone,
+    {
         protocol::commit(self.store, std::iter::once(self.part()))?;
-        drop(self.committed());
-        Ok(())
+        Ok(self.committed())
     }
 
     fn part(&self) -> Part<'_, 's, K, V> {

@@ -3,7 +3,7 @@
 
 use std::hash::{BuildHasher, Hash};
 
-use crate::{Error, Store};
+use crate::Store;
 
 #[cfg(feature = "serde")]
 impl<K, V, S> Store<K, V, S>
@@ -22,7 +22,8 @@ where
             if version == 0 && value.is_some() {
                 return Err(RestoreError::ValueAtVersionZero);
             }
-            if version > MAX_VERSION {
+            // Every version a store can hold loads: a loaded store saves again and loads back.
+            if version > crate::protocol::MAX_VERSION {
                 return Err(RestoreError::VersionTooLarge);
             }
             if self.contains_key(&key) {
@@ -49,19 +50,15 @@ pub(crate) enum RestoreError {
     VersionTooLarge,
 }
 
-/// The largest version a snapshot may hold: 2^62. Commits add one to it and no store commits
-/// a key 2^62 times, so a larger one is not a real snapshot; and it keeps versions far below
-/// the bit that marks a removed key (2^63).
-#[cfg(feature = "serde")]
-const MAX_VERSION: u64 = 1 << 62;
-
 #[cfg(feature = "serde")]
 impl std::fmt::Display for RestoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::DuplicateKey => "a key appears twice in the snapshot",
             Self::ValueAtVersionZero => "a key has a value at version 0 (never written)",
-            Self::VersionTooLarge => "a key's version is above 2^62, which no commit reaches",
+            Self::VersionTooLarge => {
+                "a key's version is above 2^62 - 1, the highest version a store can hold"
+            }
         })
     }
 }
@@ -81,20 +78,10 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync,
 {
+    #[track_caller]
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
         for (key, value) in pairs {
-            let mut value = Some(value);
-            loop {
-                let mut handle = self.usevar(key.clone()).expect("usevar does not fail");
-                handle.set(value.take().expect("set once per attempt"));
-                match handle.commit() {
-                    Ok(()) => break,
-                    // Another thread wrote the key meanwhile: write over it, as a map would.
-                    Err(Error::ConcurrentUpdate | Error::BusyRetry) => {
-                        value = handle.value().cloned();
-                    }
-                }
-            }
+            self.insert(key, value);
         }
     }
 }

@@ -28,6 +28,28 @@ use crate::slot::{
 use crate::stats::Count;
 use crate::Error;
 
+/// The highest version a key can have: 2^62 − 1. Bits 62 and 63 belong to the core (63 marks a
+/// removed key). A commit that would go above it panics before writing anything (see
+/// `check_headroom`); loading a snapshot accepts every version up to it.
+pub(crate) const MAX_VERSION: u64 = (1 << 62) - 1;
+
+/// Panics, before anything is written, if writing over version `read` would go above
+/// [`MAX_VERSION`]. A removal needs one version more: the key created again after it starts one
+/// above the removal's version. Only a store loaded with versions within a commit or two of the
+/// top gets here: commits alone would take centuries to.
+fn check_headroom<V>(read: u64, write: &Write<V>) {
+    let highest = match write {
+        Write::Value(_) => MAX_VERSION,
+        Write::Remove => MAX_VERSION - 1,
+    };
+    assert!(
+        read < highest,
+        "stm-store: this commit would take a key from version {read} past {highest}: versions \
+         stop at 2^62 - 1 (a removal needs one more, for the key created again after it), and \
+         only a store loaded with versions that near the top gets here; nothing was written"
+    );
+}
+
 /// What a commit writes to one key.
 #[derive(Clone, Debug)]
 pub(crate) enum Write<V> {
@@ -89,7 +111,9 @@ pub(crate) fn commit<'a, 's: 'a, K: 's, V: Clone + 's>(
 ) -> Result<(), Error> {
     let shared = home.shared();
     let (mut writes, mut removes) = (0, 0);
-    for write in parts.clone().filter_map(|part| part.write) {
+    for part in parts.clone() {
+        let Some(write) = part.write else { continue };
+        check_headroom(part.version, write);
         writes += 1;
         removes += usize::from(matches!(write, Write::Remove));
     }

@@ -9,7 +9,7 @@ use crate::shared::{Home, Shared};
 use crate::slot::{OnceBox, Record, Shelf, Slot, SlotRef, Table};
 use crate::snapshot::{self, version};
 use crate::stats::Stats;
-use crate::tx::{Transaction, Tx, TxError};
+use crate::tx::{refuse_nested, Transaction, Tx, TxError};
 use crate::view::Snapshot;
 use crate::{order, Error};
 
@@ -167,10 +167,11 @@ where
     /// Runs `f` as one transaction and returns its result: the way to write new code.
     ///
     /// The closure reads and writes keys through [`Tx`] as it goes (reads see its own writes)
-    /// and passes every [`TxError`] up with `?`. When it returns, its reads are validated and its
-    /// writes land, all at one instant; if some key it read had changed, **the closure runs
-    /// again**, after a short backoff, until it commits. So it may run more than once: keep
-    /// side effects out of it (or make them idempotent), and return what you computed.
+    /// and passes every [`TxError`] up with `?` (never `unwrap` one: see [`Tx`]). When it
+    /// returns, its reads are validated and its writes land, all at one instant; if some key it
+    /// read had changed, **the closure runs again**, after a short backoff, until it commits. So
+    /// it may run more than once: keep side effects out of it (or make them idempotent), and
+    /// return what you computed.
     ///
     /// Within one run, every read is consistent with all the earlier ones (opacity): an
     /// invariant that every writer keeps always holds in what the closure sees. [`Tx::retry`]
@@ -195,13 +196,13 @@ where
     ///
     /// # Panics
     ///
-    /// If called inside a transaction's closure on the same store (use that closure's [`Tx`]),
-    /// or if the closure returns a [`TxError`] that its own attempt did not raise (one kept
+    /// If called inside a transaction's closure, on any store (contract point 31: use that
+    /// closure's [`Tx`]), or if the closure returns a [`TxError`] that its own attempt did not raise (one kept
     /// from an earlier attempt). A panic in the closure goes on to the caller; nothing is
     /// written.
     #[track_caller]
     pub fn atomically<T>(&self, f: impl FnMut(&mut Tx<'_, K, V, S>) -> Result<T, TxError>) -> T {
-        match self.transaction().run(f) {
+        match self.transaction().run_as("Store::atomically", f) {
             Ok(value) => value,
             Err(stale) => panic!("Store::atomically: the closure returned a TxError that its own attempt did not raise ({stale})"),
         }
@@ -232,12 +233,17 @@ where
     /// # Errors
     ///
     /// The closure's own error.
+    ///
+    /// # Panics
+    ///
+    /// If called inside a transaction's closure, on any store (contract point 31). A panic in
+    /// the closure goes on to the caller; nothing is written.
     #[track_caller]
     pub fn try_atomically<T, E: From<TxError>>(
         &self,
         f: impl FnMut(&mut Tx<'_, K, V, S>) -> Result<T, E>,
     ) -> Result<T, E> {
-        self.transaction().run(f)
+        self.transaction().run_as("Store::try_atomically", f)
     }
 
     /// A transaction with options (a timeout, a backoff) to run blocking or as a future.
@@ -335,6 +341,154 @@ where
         Q: Hash + Ord + ?Sized,
     {
         self.find(key, &pin()).is_some()
+    }
+
+    /// Writes `value` to `key` in one commit, creating the key if it is new, and returns the
+    /// value it replaced (`None`: the key was new, or had no value), as `HashMap::insert` does.
+    /// Atomic: if another commit lands on the key first, it reads the key again and writes
+    /// over that, so the value returned is always the one this write replaced.
+    ///
+    /// ```
+    /// let store: stm_store::Store<String, u32> = stm_store::Store::new();
+    /// assert_eq!(store.insert("alice".to_string(), 5), None);
+    /// assert_eq!(store.insert("alice".to_string(), 7), Some(5));
+    /// assert_eq!(store.get("alice"), Some((2, Some(7))));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Inside a transaction's closure, on any store (contract point 31): use its [`Tx::set`].
+    #[track_caller]
+    pub fn insert(&self, key: K, value: V) -> Option<V> {
+        refuse_nested(self, "Store::insert");
+        let mut handle = self.usevar(key).expect("usevar does not fail");
+        handle.set(value);
+        loop {
+            match handle.commit_replacing() {
+                Ok(replaced) => return replaced,
+                Err(Error::ConcurrentUpdate | Error::BusyRetry) => {
+                    let value = handle.value().cloned().expect("set above");
+                    handle = self
+                        .usevar(handle.key().clone())
+                        .expect("usevar does not fail");
+                    handle.set(value);
+                }
+            }
+        }
+    }
+
+    /// Removes `key` in one commit, if the store has it, and returns the value it had (`None`:
+    /// no such key, or a key with no value), as `HashMap::remove` does. A key the store does
+    /// not have is left alone: nothing is created or written. The removal is the one of
+    /// [`Value::remove`] (contract points 22–26).
+    ///
+    /// ```
+    /// let store: stm_store::Store<String, u32> = [("alice".to_string(), 5)].into_iter().collect();
+    /// assert_eq!(store.remove("alice"), Some(5));
+    /// assert_eq!(store.remove("alice"), None);
+    /// assert_eq!(store.remove("nobody"), None);
+    /// assert!(store.is_empty());
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Inside a transaction's closure, on any store (contract point 31): use its
+    /// [`Tx::remove`].
+    #[track_caller]
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Ord + ?Sized,
+    {
+        refuse_nested(self, "Store::remove");
+        loop {
+            let mut handle = self.existing(key)?;
+            handle.remove();
+            if let Ok(removed) = handle.commit_replacing() {
+                return removed;
+            }
+        }
+    }
+
+    /// Sets `key` to `f` of its value (`None`: no value, or a new key, which this creates) in
+    /// one commit, and returns the value set. Atomic: if another commit lands on the key between
+    /// the read and the write, `f` runs again on the new value, so `f` may run more than once
+    /// (keep side effects out of it).
+    ///
+    /// ```
+    /// let store: stm_store::Store<&str, u64> = stm_store::Store::new();
+    /// let count = |n: Option<&u64>| n.copied().unwrap_or(0) + 1;
+    /// assert_eq!(store.update("hits", count), 1);
+    /// assert_eq!(store.update("hits", count), 2);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Inside a transaction's closure, on any store (contract point 31): use its
+    /// [`Tx::update`]. A panic in `f` goes on to the caller, with nothing written.
+    #[track_caller]
+    pub fn update(&self, key: K, mut f: impl FnMut(Option<&V>) -> V) -> V {
+        refuse_nested(self, "Store::update");
+        let mut handle = self.usevar(key).expect("usevar does not fail");
+        loop {
+            let new = f(handle.value());
+            handle.set(new);
+            if handle.commit().is_ok() {
+                return handle.into_read().expect("the value just written");
+            }
+            handle = self
+                .usevar(handle.key().clone())
+                .expect("usevar does not fail");
+        }
+    }
+
+    /// If `key` has a value, sets it to `f` of that value in one commit and returns the value
+    /// set; otherwise returns `None`, creating and writing nothing. Atomic, as
+    /// [`update`](Store::update) is: `f` may run more than once.
+    ///
+    /// ```
+    /// let store: stm_store::Store<String, i64> = [("alice".to_string(), 100)].into_iter().collect();
+    /// assert_eq!(store.modify("alice", |balance| balance - 30), Some(70));
+    /// assert_eq!(store.modify("nobody", |balance| balance - 30), None);
+    /// assert_eq!(store.len(), 1);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Inside a transaction's closure, on any store (contract point 31): use its
+    /// [`Tx::modify`]. A panic in `f` goes on to the caller, with nothing written.
+    #[track_caller]
+    pub fn modify<Q>(&self, key: &Q, mut f: impl FnMut(&V) -> V) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Ord + ?Sized,
+    {
+        refuse_nested(self, "Store::modify");
+        loop {
+            let mut handle = self.existing(key)?;
+            let new = f(handle.value()?);
+            handle.set(new);
+            if handle.commit().is_ok() {
+                return handle.into_read();
+            }
+        }
+    }
+
+    /// A handle on `key` if the store has it (not removed), read now; creates nothing. A
+    /// removed key found still listed is unlinked, as in `find`.
+    fn existing<Q>(&self, key: &Q) -> Option<Value<'_, K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Ord + ?Sized,
+    {
+        let slot = self.table.get(key)?;
+        let pin = pin();
+        let record = slot.load(&pin).logical(); // read once, as in `find`
+        if record.is_some_and(Record::is_removed) {
+            self.table.unlink(&slot, &pin);
+            return None;
+        }
+        Some(Value::new(self, slot, record))
     }
 
     /// The record of `key` (`Some(None)`: version 0), if the store has the key and it is not
@@ -546,11 +700,16 @@ where
         }
     }
 
-    /// The slot listed for `key`, created (from a clone of the key) if there is none.
-    pub(crate) fn slot_of(&self, key: &K) -> SlotRef<'_, K, V> {
+    /// The slot listed for `key` (by any borrowed form of it), created (from an owned copy of
+    /// the key) if there is none.
+    pub(crate) fn slot_of<Q>(&self, key: &Q) -> SlotRef<'_, K, V>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         match self.table.get(key) {
             Some(slot) => slot,
-            None => self.create(key.clone()),
+            None => self.create(K::from(key.to_owned())),
         }
     }
 

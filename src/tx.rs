@@ -17,6 +17,7 @@
 //!
 //! [`Collection::commit`]: crate::Collection::commit
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
@@ -82,6 +83,36 @@ impl std::error::Error for TxError {}
 ///
 /// Reads see the transaction's own writes. Nothing is written to the store until the closure
 /// returns `Ok` and the commit lands; then all of it is, at one instant.
+///
+/// **Pass every [`TxError`] up with `?`; never `unwrap` it.** Each read or write returns one
+/// when the attempt must stop: a key it read changed (normal under contention), or the
+/// closure called [`retry`](Tx::retry). Passed up, it makes the transaction run the closure
+/// again (or wait); unwrapped, it panics where the store would simply have run the closure
+/// again. So write `tx.get(&key)?`, then look at the `Option` it gives.
+///
+/// Keys are taken by any borrowed form, as [`Store::get`] takes them (`K: Borrow<Q>`, and
+/// `K: From<Q::Owned>` to make the key if the transaction creates it):
+///
+/// ```
+/// use std::sync::Arc;
+/// use stm_store::Store;
+///
+/// let accounts: Store<String, i64> = Store::new();
+/// accounts.atomically(|tx| tx.set("acct-0", 10)); // a `&str` for a `String` key
+/// let owned = "acct-0".to_string();
+/// assert_eq!(accounts.atomically(|tx| tx.get(&owned)), Some(10)); // or a `&String`
+///
+/// let names: Store<&'static str, i64> = Store::new();
+/// names.atomically(|tx| tx.set(&"x", 1)); // a `&&str` for a `&'static str` key
+///
+/// let numbers: Store<u64, i64> = Store::new();
+/// numbers.atomically(|tx| tx.set(&5, 1));
+/// assert!(numbers.atomically(|tx| tx.exists(&5)));
+///
+/// let shared: Store<Arc<str>, i64> = Store::new();
+/// shared.atomically(|tx| tx.set("k", 1)); // a `&str` for an `Arc<str>` key
+/// assert_eq!(shared.atomically(|tx| tx.version("k")), 1);
+/// ```
 pub struct Tx<'s, K, V, S = crate::DefaultHasher> {
     store: &'s Store<K, V, S>,
     /// Every key read or written, in the order first touched.
@@ -125,7 +156,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn get(&mut self, key: &K) -> Result<Option<V>, TxError> {
+    pub fn get<Q>(&mut self, key: &Q) -> Result<Option<V>, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         let at = self.touch(key)?;
         Ok(self.keys[at].current().cloned())
     }
@@ -136,7 +171,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn exists(&mut self, key: &K) -> Result<bool, TxError> {
+    pub fn exists<Q>(&mut self, key: &Q) -> Result<bool, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         let at = self.touch(key)?;
         Ok(self.keys[at].current().is_some())
     }
@@ -148,7 +187,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn version(&mut self, key: &K) -> Result<u64, TxError> {
+    pub fn version<Q>(&mut self, key: &Q) -> Result<u64, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         let at = self.touch(key)?;
         Ok(self.keys[at].version)
     }
@@ -159,7 +202,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn set(&mut self, key: &K, value: V) -> Result<(), TxError> {
+    pub fn set<Q>(&mut self, key: &Q, value: V) -> Result<(), TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         self.write(key, Write::Value(Some(value)))
     }
 
@@ -168,7 +215,11 @@ where
     /// # Errors
     ///
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
-    pub fn clear(&mut self, key: &K) -> Result<(), TxError> {
+    pub fn clear<Q>(&mut self, key: &Q) -> Result<(), TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         self.write(key, Write::Value(None))
     }
 
@@ -188,8 +239,68 @@ where
     /// [`TxError`] if this attempt must stop: pass it up with `?`.
     ///
     /// [`Value::remove`]: crate::Value::remove
-    pub fn remove(&mut self, key: &K) -> Result<(), TxError> {
+    pub fn remove<Q>(&mut self, key: &Q) -> Result<(), TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         self.write(key, Write::Remove)
+    }
+
+    /// Sets `key` to `f` of its value (`None`: no value, or a new key), as this transaction
+    /// sees it, and returns the value set: a read and a write of the key in one call.
+    ///
+    /// ```
+    /// let store: stm_store::Store<String, u64> = stm_store::Store::new();
+    /// let hits = store.atomically(|tx| tx.update("hits", |n| n.copied().unwrap_or(0) + 1));
+    /// assert_eq!(hits, 1);
+    /// assert_eq!(store.atomically(|tx| tx.update("hits", |n| n.unwrap() * 10)), 10);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?` (`f` did not run).
+    pub fn update<Q>(&mut self, key: &Q, f: impl FnOnce(Option<&V>) -> V) -> Result<V, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
+        let at = self.touch(key)?;
+        let new = f(self.keys[at].current());
+        self.write_at(at, Write::Value(Some(new.clone())));
+        Ok(new)
+    }
+
+    /// If `key` has a value (as this transaction sees it), sets it to `f` of that value and
+    /// returns the value set; otherwise writes nothing and returns `None` (the key is still
+    /// read, and validated at the commit).
+    ///
+    /// ```
+    /// let store: stm_store::Store<&str, i64> = [("alice", 100)].into_iter().collect();
+    /// let paid = store.atomically(|tx| {
+    ///     let alice = tx.modify(&"alice", |balance| balance - 30)?;
+    ///     let nobody = tx.modify(&"nobody", |balance| balance + 30)?;
+    ///     Ok((alice, nobody))
+    /// });
+    /// assert_eq!(paid, (Some(70), None));
+    /// assert_eq!(store.get("alice"), Some((2, Some(70))));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?` (`f` did not run).
+    pub fn modify<Q>(&mut self, key: &Q, f: impl FnOnce(&V) -> V) -> Result<Option<V>, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
+        let at = self.touch(key)?;
+        let Some(current) = self.keys[at].current() else {
+            return Ok(None);
+        };
+        let new = f(current);
+        self.write_at(at, Write::Value(Some(new.clone())));
+        Ok(Some(new))
     }
 
     /// Gives up this attempt and waits until some key it read has changed, then runs the
@@ -210,7 +321,7 @@ where
     /// that either read.
     ///
     /// ```
-    /// let store = stm_store::Store::new();
+    /// let store: stm_store::Store<&str, u32> = stm_store::Store::new();
     /// store.atomically(|tx| tx.set(&"spare", 1));
     /// // Take from "main" if it has anything, else from "spare".
     /// let took = store.atomically(|tx| {
@@ -264,21 +375,36 @@ where
         self.attempt
     }
 
-    fn write(&mut self, key: &K, value: Write<V>) -> Result<(), TxError> {
+    fn write<Q>(&mut self, key: &Q, value: Write<V>) -> Result<(), TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         let at = self.touch(key)?;
+        self.write_at(at, value);
+        Ok(())
+    }
+
+    /// Writes to the key touched at `at` (undone if an `or_else` branch around it retries).
+    fn write_at(&mut self, at: usize, value: Write<V>) {
         let replaced = self.keys[at].write.replace(value);
         if self.branches > 0 {
             self.undo.push((at, replaced));
         }
-        Ok(())
     }
 
     /// The index of `key` among the keys this attempt touched, reading it first if it is new.
-    fn touch(&mut self, key: &K) -> Result<usize, TxError> {
+    fn touch<Q>(&mut self, key: &Q) -> Result<usize, TxError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Ord + ToOwned + ?Sized,
+    {
         if let Some(stop) = self.stop {
             return Err(TxError(stop));
         }
-        if let Some(at) = self.keys.iter().position(|k| k.slot.key == *key) {
+        // Compared in the borrowed form: finding a key already touched copies nothing.
+        let touched = |k: &TxKey<'s, K, V>| Borrow::<Q>::borrow(&k.slot.key) == key;
+        if let Some(at) = self.keys.iter().position(touched) {
             return Ok(at);
         }
         let pin = pin();
@@ -310,10 +436,15 @@ where
             .all(|k| k.slot.load(&pin).version() == k.version)
     }
 
-    /// Runs `f` as this attempt and commits what it did.
-    fn run<T, E>(&mut self, f: &mut impl FnMut(&mut Self) -> Result<T, E>) -> Attempt<T, E> {
+    /// Runs `f` as this attempt (of the call `call`) and commits what it did.
+    #[track_caller]
+    fn run<T, E>(
+        &mut self,
+        call: &str,
+        f: &mut impl FnMut(&mut Self) -> Result<T, E>,
+    ) -> Attempt<T, E> {
         self.store.shared().count(Count::TxAttempt);
-        let running = Nesting::enter(self.store);
+        let running = Nesting::enter(self.store, call);
         let result = f(self);
         drop(running);
         match (self.stop, result) {
@@ -350,12 +481,26 @@ where
         true
     }
 
-    /// Waits, without blocking the thread, until a key read has changed.
-    async fn changed_async(&self) {
+    /// Waits, without blocking the thread, until a key read has changed (true) or `timer`
+    /// fires (false).
+    async fn changed_before(&self, mut timer: Option<&mut futures_timer::Delay>) -> bool {
         self.store.shared().count(Count::TxWait);
-        while let Some(watch) = self.watch() {
-            watch.notified().await;
-        }
+        let changed = async {
+            while let Some(watch) = self.watch() {
+                watch.notified().await;
+            }
+        };
+        let mut changed = std::pin::pin!(changed);
+        std::future::poll_fn(|cx| {
+            if changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            match timer.as_deref_mut().map(|timer| Pin::new(timer).poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(false),
+                _ => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Registers as a waiter, then checks the reads: `None` if one changed (nothing to wait
@@ -369,6 +514,40 @@ where
         }
         let watch = waiters.watch(ids());
         self.unchanged().then_some(watch)
+    }
+}
+
+/// What the transaction did so far: its attempt, and each key it touched with the version
+/// read and its value as this transaction sees it (`pending`: written by it), as
+/// [`Value`](crate::Value) shows a handle.
+///
+/// ```
+/// let store: stm_store::Store<&str, i64> = [("alice", 100)].into_iter().collect();
+/// store.atomically(|tx| {
+///     tx.set(&"alice", 70)?;
+///     let shown = format!("{tx:?}");
+///     assert!(shown.contains(r#"key: "alice", version: 1, value: Some(70), pending: true"#));
+///     Ok(())
+/// });
+/// ```
+impl<K: fmt::Debug, V: fmt::Debug, S> fmt::Debug for Tx<'_, K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Key<'a, 's, K, V>(&'a TxKey<'s, K, V>);
+        impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Key<'_, '_, K, V> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct("Key")
+                    .field("key", &self.0.slot.key)
+                    .field("version", &self.0.version)
+                    .field("value", &self.0.current())
+                    .field("pending", &self.0.write.is_some())
+                    .finish()
+            }
+        }
+        f.debug_struct("Tx")
+            .field("attempt", &self.attempt)
+            .field("keys", &self.keys.iter().map(Key).collect::<Vec<_>>())
+            .field("stopped", &self.stop.map(TxError))
+            .finish()
     }
 }
 
@@ -462,6 +641,16 @@ pub struct Transaction<'s, K, V, S = crate::DefaultHasher> {
     deadline: Option<Instant>,
 }
 
+/// The options set: the backoff, and the deadline (`None`: none).
+impl<K, V, S> fmt::Debug for Transaction<'_, K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("backoff", &self.backoff)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'s, K, V, S> Transaction<'s, K, V, S>
 where
     K: Ord + Hash + Clone + Send + Sync + 'static,
@@ -481,7 +670,8 @@ where
         Self { backoff, ..self }
     }
 
-    /// Gives up at `deadline`: [`run`](Transaction::run) then returns a [`TxError`] that
+    /// Gives up at `deadline`: [`run`](Transaction::run) (or
+    /// [`run_async`](Transaction::run_async), on any executor) then returns a [`TxError`] that
     /// [`is_timeout`](TxError::is_timeout), with nothing written. It bounds the whole call:
     /// waits in [`Tx::retry`], and new attempts after a conflict.
     pub fn deadline(self, deadline: Instant) -> Self {
@@ -513,18 +703,28 @@ where
     ///
     /// # Panics
     ///
-    /// If called from inside a transaction's closure on the same store (the outer transaction
-    /// would run again for ever): use the outer closure's [`Tx`].
+    /// If called inside a transaction's closure, on any store (contract point 31): use the
+    /// outer closure's [`Tx`].
     #[track_caller]
     pub fn run<T, E: From<TxError>>(
         self,
+        f: impl FnMut(&mut Tx<'s, K, V, S>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.run_as("Transaction::run", f)
+    }
+
+    /// [`run`](Transaction::run), on behalf of `call` (which a refused nesting names).
+    #[track_caller]
+    pub(crate) fn run_as<T, E: From<TxError>>(
+        self,
+        call: &str,
         mut f: impl FnMut(&mut Tx<'s, K, V, S>) -> Result<T, E>,
     ) -> Result<T, E> {
-        Nesting::refuse(self.store);
+        refuse_nested(self.store, call);
         let mut backing = Backing::new(self.backoff);
         for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
-            let waited = match tx.run(&mut f) {
+            let waited = match tx.run(call, &mut f) {
                 Attempt::Done(result) => return result,
                 Attempt::Conflict => {
                     if backing.spin() {
@@ -541,37 +741,62 @@ where
         unreachable!("attempts never end")
     }
 
-    /// [`run`](Transaction::run) as a future: [`Tx::retry`] waits for a change without
-    /// blocking the thread, and a conflict yields to the executor at the backoff's bound.
-    /// Runtime-agnostic (it needs no timer). Dropping the future at any point writes nothing.
+    /// [`run`](Transaction::run) as a future, for any executor: [`Tx::retry`] waits for a
+    /// change without blocking the thread, and a conflict yields to the executor at the
+    /// backoff's bound. Dropping the future at any point writes nothing.
     ///
-    /// For a time limit, wrap the future in your runtime's timeout (`tokio::time::timeout`).
+    /// A [`deadline`](Transaction::deadline) or [`timeout`](Transaction::timeout) bounds it as
+    /// it bounds `run`, whatever the executor: the wake-up at the deadline comes from
+    /// `futures-timer` (one thread for the whole process, started by the first future that has
+    /// a deadline; a future without one uses no timer).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # async fn wait_for_job(store: &stm_store::Store<&'static str, u32>) {
+    /// let job: Result<u32, stm_store::TxError> = store
+    ///     .transaction()
+    ///     .timeout(Duration::from_millis(10))
+    ///     .run_async(|tx| match tx.get(&"job")? {
+    ///         Some(job) => Ok(job),
+    ///         None => tx.retry(), // awaits a change to "job", or the deadline
+    ///     })
+    ///     .await;
+    /// assert!(job.unwrap_err().is_timeout());
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
-    /// The closure's own error (nothing written).
+    /// The closure's own error (nothing written), or a timeout (`E::from` a [`TxError`] that
+    /// [`is_timeout`](TxError::is_timeout)).
     ///
     /// # Panics
     ///
-    /// When first polled, if a [`deadline`](Transaction::deadline) or
-    /// [`timeout`](Transaction::timeout) was set: a future cannot wake itself at a deadline
-    /// without a runtime's timer.
+    /// If polled inside a transaction's closure, on any store (contract point 31). A nested
+    /// future can only be driven there by blocking on it inside the closure.
     pub async fn run_async<T, E: From<TxError>>(
         self,
         mut f: impl FnMut(&mut Tx<'s, K, V, S>) -> Result<T, E>,
     ) -> Result<T, E> {
-        assert!(
-            self.deadline.is_none(),
-            "Transaction::run_async: a deadline needs a timer; wrap the future in your runtime's timeout instead"
-        );
+        let mut timer = self.deadline.map(|deadline| {
+            futures_timer::Delay::new(deadline.saturating_duration_since(Instant::now()))
+        });
         let mut backing = Backing::new(self.backoff);
         for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
-            match tx.run(&mut f) {
+            let waited = match tx.run("Transaction::run_async", &mut f) {
                 Attempt::Done(result) => return result,
-                Attempt::Conflict if backing.spin() => YieldNow(false).await,
-                Attempt::Conflict => {}
-                Attempt::Retry => tx.changed_async().await,
+                Attempt::Conflict => {
+                    if backing.spin() {
+                        YieldNow(false).await;
+                    }
+                    true
+                }
+                Attempt::Retry => tx.changed_before(timer.as_mut()).await,
+            };
+            if !waited || self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(TxError(Stop::Timeout).into());
             }
         }
         unreachable!("attempts never end")
@@ -583,31 +808,48 @@ fn attempts() -> impl Iterator<Item = u32> {
     (1..u32::MAX).chain(std::iter::repeat(u32::MAX))
 }
 
-/// Marks the store whose transaction this thread is running, to refuse a nested one: the inner
-/// transaction's commit would change what the outer one read, and the outer one would run
-/// again for ever.
+/// Marks the store whose transaction's closure this thread is running, to refuse a transaction
+/// started inside it, on any store: on the same store, the inner commit would change what the
+/// outer transaction read, and the outer one would run again for ever; on another store, it
+/// would commit on its own, not atomically with the outer one. As every such start is refused,
+/// a thread runs at most one closure at a time: the mark is the whole stack of transactions.
 struct Nesting(usize);
 
 // Not a `const` initializer: loom's `thread_local!` takes none.
 #[allow(clippy::missing_const_for_thread_local)]
 mod running {
+    // The address of the store whose transaction's closure runs on this thread; 0 for none.
     crate::primitive::thread_local!(pub(super) static RUNNING: std::cell::Cell<usize> = std::cell::Cell::new(0));
 }
 use running::RUNNING;
 
-impl Nesting {
-    /// Panics if this thread is running a closure of a transaction of `store`.
-    #[track_caller]
-    fn refuse<K, V, S>(store: &Store<K, V, S>) {
-        let nested = RUNNING.with(|running| running.get() == Self::id(store));
-        assert!(
-            !nested,
-            "Store::atomically inside a transaction of the same store: use the outer closure's Tx instead"
+/// Panics if this thread is running a transaction's closure, on any store: `call` (a
+/// transaction, or a single-key change that is one) would not be part of that transaction.
+#[track_caller]
+pub(crate) fn refuse_nested<K, V, S>(store: &Store<K, V, S>, call: &str) {
+    let running = RUNNING.with(std::cell::Cell::get);
+    if running == 0 {
+        return;
+    }
+    if running == Nesting::id(store) {
+        panic!(
+            "{call} inside the closure of a transaction on the same store: transactions do not \
+             nest; use the outer closure's Tx"
         );
     }
+    panic!(
+        "{call} inside the closure of a transaction on another store: a transaction covers one \
+         store, and this one would commit on its own, not atomically with the outer one; keep \
+         the keys that change together in one store"
+    );
+}
 
-    /// Marks `store` as the one whose transaction's closure runs, until dropped.
-    fn enter<K, V, S>(store: &Store<K, V, S>) -> Self {
+impl Nesting {
+    /// Marks `store` as the one whose transaction's closure runs, until dropped; refused (as
+    /// `call`) if this thread already runs one.
+    #[track_caller]
+    fn enter<K, V, S>(store: &Store<K, V, S>, call: &str) -> Self {
+        refuse_nested(store, call);
         Self(RUNNING.with(|running| running.replace(Self::id(store))))
     }
 

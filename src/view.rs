@@ -1,5 +1,7 @@
 //! [`Snapshot`]: a consistent view of a store's keys, to iterate in key order.
 
+use std::fmt;
+
 use crate::snapshot::version;
 use crate::store::Found;
 
@@ -67,5 +69,22 @@ impl<'s, K, V> IntoIterator for &'s Snapshot<'_, K, V> {
 
     fn into_iter(self) -> Self::IntoIter {
         Box::new(self.iter())
+    }
+}
+
+/// A map from key to `(version, value)`, in key order, as [`Store`](crate::Store)'s `Debug`
+/// shows the whole store.
+///
+/// ```
+/// let store: stm_store::Store<&str, u32> = [("b", 2), ("a", 1)].into_iter().collect();
+/// let shown = store.snapshot(|snapshot| format!("{snapshot:?}"));
+/// assert_eq!(shown, r#"{"a": (1, Some(1)), "b": (1, Some(2))}"#);
+/// ```
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Snapshot<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entries = self
+            .iter()
+            .map(|(key, version, value)| (key, (version, value)));
+        f.debug_map().entries(entries).finish()
     }
 }

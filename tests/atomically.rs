@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{current_tid, within, Counts, Tracked, XorShift};
-use stm_store::{Backoff, Error, Store, TxError};
+use stm_store::{Backoff, Error, Store, Tx, TxError};
 
 /// A liveness bound: a call that must finish at all (never a performance threshold).
 const LIVENESS: Duration = Duration::from_secs(60);
@@ -43,6 +43,24 @@ fn wait_until_asleep(tid: Option<u32>) {
 fn pause_here(reached: &mpsc::Sender<()>, go: &mpsc::Receiver<()>) {
     reached.send(()).unwrap();
     let _ = go.recv();
+}
+
+/// Waits (yielding) until `store` has counted `waits` waits in `retry`: a transaction counts
+/// its wait only after its closure returned, so its reads are done by then.
+#[track_caller]
+fn wait_for_waits<K, V>(store: &Store<K, V>, waits: u64)
+where
+    K: Ord + std::hash::Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let start = Instant::now();
+    while store.stats().tx_waits < waits {
+        assert!(
+            start.elapsed() < LIVENESS,
+            "no transaction reached its wait in `retry`"
+        );
+        thread::yield_now();
+    }
 }
 
 /// Receives one message, failing the test (instead of hanging) if none comes within the
@@ -89,6 +107,9 @@ type Shared = Arc<Store<&'static str, i64>>;
 /// liveness bound of [`Waiter::result`]) instead of hanging it.
 struct Waiter<T> {
     tid: Option<u32>,
+    store: Shared,
+    /// The store's count of waits in `retry` before the waiter started.
+    waits_before: u64,
     attempts: mpsc::Receiver<u32>,
     done: mpsc::Receiver<T>,
     thread: Option<thread::JoinHandle<()>>,
@@ -98,16 +119,19 @@ fn spawn_waiter<T: Send + 'static>(
     store: &Shared,
     body: impl FnOnce(&Store<&'static str, i64>, mpsc::Sender<u32>) -> T + Send + 'static,
 ) -> Waiter<T> {
-    let store = Arc::clone(store);
+    let waits_before = store.stats().tx_waits;
     let (tid_tx, tid_rx) = mpsc::channel();
     let (attempt_tx, attempts) = mpsc::channel();
     let (done_tx, done) = mpsc::channel();
+    let theirs = Arc::clone(store);
     let thread = thread::spawn(move || {
         tid_tx.send(current_tid()).unwrap();
-        let _ = done_tx.send(body(&store, attempt_tx));
+        let _ = done_tx.send(body(&theirs, attempt_tx));
     });
     Waiter {
         tid: recv(&tid_rx, "the waiter's thread id"),
+        store: Arc::clone(store),
+        waits_before,
         attempts,
         done,
         thread: Some(thread),
@@ -115,10 +139,16 @@ fn spawn_waiter<T: Send + 'static>(
 }
 
 impl<T> Waiter<T> {
-    /// Waits for the first attempt, then until the thread sleeps (in `retry`).
+    /// Waits for the first attempt, until it has read its keys (it counts its wait in `retry`
+    /// only after its closure returned), then until the thread sleeps. The first wait is what
+    /// the tests rely on: a commit after it reaches the waiter by a wake-up or by the waiter's
+    /// own check before it sleeps, and either way runs the closure again. Seeing the thread
+    /// asleep alone is not enough: it may block briefly elsewhere (a lock of the allocator,
+    /// shared with the tests running beside it) before it read anything.
     #[track_caller]
     fn first_attempt_then_asleep(&self) {
         assert_eq!(recv(&self.attempts, "the waiter's first attempt"), 1);
+        wait_for_waits(&self.store, self.waits_before + 1);
         wait_until_asleep(self.tid);
     }
 
@@ -737,34 +767,59 @@ fn a_timeout_returns_an_error_and_writes_nothing() {
     assert_eq!(value_of(&store, "draft"), (0, None));
 }
 
+/// The body of a closure for the tests of timeouts after conflicts: it sets "mine" to "x", and
+/// on its first `conflicts` runs it also commits "x" through a handle and then reads "y", which
+/// stops the run (a key it read changed), so the transaction runs it again.
+fn conflicting_run(
+    tx: &mut Tx<'_, &'static str, i64>,
+    store: &Store<&'static str, i64>,
+    runs: &mut u32,
+    conflicts: u32,
+) -> Result<(), TxError> {
+    *runs += 1;
+    let x = tx.get(&"x")?.unwrap_or(0);
+    tx.set(&"mine", x)?;
+    if *runs <= conflicts {
+        let mut h = store.usevar("x").unwrap();
+        h.set(x + 1);
+        h.commit().unwrap();
+        tx.get(&"y")?;
+    }
+    Ok(())
+}
+
 /// The timeout bounds new attempts after conflicts too, not only waits: a closure that makes
-/// its own attempt conflict every time (it commits a key it read through a handle, then reads
-/// another key) gives up with a timeout, having run more than once and written nothing.
+/// its own attempt conflict every time gives up with a timeout, having written nothing (without
+/// the deadline it would run for ever). A deadline that has not passed lets conflicts run the
+/// closure again: one that conflicts three times commits on its fourth run. (Whether the
+/// always-conflicting closure ran once or more before its deadline depends on the machine's
+/// speed, so the test does not ask.)
 #[test]
 fn a_timeout_bounds_attempts_that_keep_conflicting() {
-    let store = Arc::new(Store::<&'static str, i64>::new());
-    let s = Arc::clone(&store);
-    let (result, runs) = within("a transaction that always conflicts", move || {
-        let mut runs = 0;
-        let result: Result<(), TxError> =
-            s.transaction()
-                .timeout(Duration::from_millis(20))
-                .run(|tx| {
-                    runs += 1;
-                    let x = tx.get(&"x")?.unwrap_or(0);
-                    tx.set(&"mine", x)?;
-                    let mut h = s.usevar("x").unwrap();
-                    h.set(x + 1);
-                    h.commit().unwrap();
-                    tx.get(&"y")?;
-                    Ok(())
-                });
-        (result, runs)
-    });
-    assert!(result.unwrap_err().is_timeout());
-    assert!(runs > 1, "ran {runs} times");
-    assert_eq!(value_of(&store, "mine"), (0, None));
-    assert_eq!(value_of(&store, "x"), (runs, Some(runs as i64)));
+    for (timeout, conflicts) in [(Duration::from_millis(20), u32::MAX), (LIVENESS, 3)] {
+        let store = Arc::new(Store::<&'static str, i64>::new());
+        let s = Arc::clone(&store);
+        let (result, runs) = within("a transaction that conflicts", move || {
+            let mut runs = 0;
+            let result: Result<(), TxError> = s
+                .transaction()
+                .timeout(timeout)
+                .run(|tx| conflicting_run(tx, &s, &mut runs, conflicts));
+            (result, runs)
+        });
+        let x = (
+            u64::from(runs.min(conflicts)),
+            Some(i64::from(runs.min(conflicts))),
+        );
+        assert_eq!(value_of(&store, "x"), x);
+        if conflicts == u32::MAX {
+            assert!(result.unwrap_err().is_timeout());
+            assert_eq!(value_of(&store, "mine"), (0, None));
+        } else {
+            assert_eq!((result, runs), (Ok(()), 4));
+            assert_eq!(value_of(&store, "mine"), (1, Some(3)));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1165,6 +1220,7 @@ async fn async_retry_awaits_a_change_from_spawn_blocking() {
     let (done_tx, done) = mpsc::channel();
     let waiter = spawn_job_waiter(&store, "job", attempt_tx, done_tx);
     assert_eq!(recv(&attempts, "the first attempt"), ("job", 1));
+    wait_for_waits(&store, 1); // it has read "job": the write below must wake it
     let s = Arc::clone(&store);
     tokio::task::spawn_blocking(move || write(&s, Writer::Value, "job", 5))
         .await
@@ -1329,23 +1385,9 @@ async fn async_dropping_a_waiting_future_writes_nothing() {
     assert_eq!(recv(&done, "the new waiter, woken"), ("next", 8));
 }
 
-/// `run_async` with a deadline panics with its documented message (a future cannot wake
-/// itself at a deadline without a runtime's timer).
-#[tokio::test]
-#[should_panic(expected = "Transaction::run_async: a deadline needs a timer")]
-async fn async_with_a_deadline_panics() {
-    let store: Store<&'static str, i64> = Store::new();
-    let _ = store
-        .transaction()
-        .timeout(Duration::from_secs(1))
-        .run_async(|tx| tx.get(&"k").map(drop))
-        .await;
-}
-
-/// `run_async` needs no runtime: a minimal executor (park the thread, unpark on wake) drives a
-/// waiter that another thread wakes by a commit.
-#[test]
-fn async_runs_on_a_minimal_executor_without_a_runtime() {
+/// A minimal executor: polls `future` on this thread, parking it until a wake-up (no
+/// runtime, no timer of its own).
+fn block_on<F: Future>(future: F) -> F::Output {
     struct Unpark(thread::Thread, AtomicBool);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -1353,21 +1395,131 @@ fn async_runs_on_a_minimal_executor_without_a_runtime() {
             self.0.unpark();
         }
     }
-    fn block_on<F: Future>(future: F) -> F::Output {
-        let mut future = pin!(future);
-        let unpark = Arc::new(Unpark(thread::current(), AtomicBool::new(false)));
-        let waker = Waker::from(Arc::clone(&unpark));
-        let mut cx = Context::from_waker(&waker);
-        loop {
-            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-                return out;
-            }
-            while !unpark.1.swap(false, SeqCst) {
-                thread::park();
-            }
+    let mut future = pin!(future);
+    let unpark = Arc::new(Unpark(thread::current(), AtomicBool::new(false)));
+    let waker = Waker::from(Arc::clone(&unpark));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        while !unpark.1.swap(false, SeqCst) {
+            thread::park();
         }
     }
+}
 
+/// A `run_async` transaction with a timeout that retries until "never" has a value, which
+/// nothing writes, after setting "draft": the future it makes under a given executor.
+async fn async_wait_for_never(store: &Store<&'static str, i64>) -> Result<i64, TxError> {
+    store
+        .transaction()
+        .timeout(Duration::from_millis(20))
+        .run_async(|tx| {
+            tx.set(&"draft", 1)?;
+            match tx.get(&"never")? {
+                Some(n) => Ok(n),
+                None => tx.retry(),
+            }
+        })
+        .await
+}
+
+/// The timeout of a `run_async` fires under tokio, whose own timer it does not use: the
+/// future ends with a `TxError` that `is_timeout`, and nothing is written. A watchdog (not a
+/// time threshold) fails the test if it never ends.
+#[test]
+fn async_a_timeout_fires_under_tokio_and_writes_nothing() {
+    let store = Arc::new(Store::<&'static str, i64>::new());
+    let s = Arc::clone(&store);
+    let result = within("a run_async with a timeout, under tokio", move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async { async_wait_for_never(&s).await })
+    });
+    assert!(result.unwrap_err().is_timeout());
+    assert_eq!(store.get("draft").and_then(|(_, value)| value), None);
+    assert_eq!(store.stats().commits, 0, "nothing written");
+}
+
+/// The same timeout fires on a minimal executor (park and unpark, no runtime, no timer): the
+/// wake-up at the deadline is the store's own.
+#[test]
+fn async_a_timeout_fires_on_a_minimal_executor_and_writes_nothing() {
+    let store = Arc::new(Store::<&'static str, i64>::new());
+    let s = Arc::clone(&store);
+    let result = within(
+        "a run_async with a timeout, on a minimal executor",
+        move || block_on(async_wait_for_never(&s)),
+    );
+    assert!(result.unwrap_err().is_timeout());
+    assert_eq!(store.get("draft").and_then(|(_, value)| value), None);
+    assert_eq!(store.stats().commits, 0, "nothing written");
+}
+
+/// The deadline bounds the attempts after conflicts too, in `run_async` as in `run` (see
+/// `a_timeout_bounds_attempts_that_keep_conflicting`): always conflicting, it gives up with a
+/// timeout and writes nothing; conflicting three times before its deadline, it commits on its
+/// fourth run.
+#[test]
+fn async_a_timeout_bounds_attempts_that_keep_conflicting() {
+    for (timeout, conflicts) in [(Duration::from_millis(20), u32::MAX), (LIVENESS, 3)] {
+        let store = Arc::new(Store::<&'static str, i64>::new());
+        let s = Arc::clone(&store);
+        let (result, runs) = within("an async transaction that conflicts", move || {
+            let mut runs = 0;
+            let result: Result<(), TxError> = block_on(
+                s.transaction()
+                    .timeout(timeout)
+                    .run_async(|tx| conflicting_run(tx, &s, &mut runs, conflicts)),
+            );
+            (result, runs)
+        });
+        let x = (
+            u64::from(runs.min(conflicts)),
+            Some(i64::from(runs.min(conflicts))),
+        );
+        assert_eq!(value_of(&store, "x"), x);
+        if conflicts == u32::MAX {
+            assert!(result.unwrap_err().is_timeout());
+            assert_eq!(value_of(&store, "mine"), (0, None));
+        } else {
+            assert_eq!((result, runs), (Ok(()), 4));
+            assert_eq!(value_of(&store, "mine"), (1, Some(3)));
+        }
+    }
+}
+
+/// A deadline that does not pass changes nothing: a `run_async` waiter with a long timeout, on
+/// the minimal executor, is woken by a commit and answers its value (the timer and the wake-up
+/// are polled together, and the change wins).
+#[test]
+fn async_a_waiter_with_a_deadline_is_woken_by_a_commit() {
+    let store: Shared = Arc::new(Store::new());
+    let mut waiter =
+        spawn_waiter(&store, |store, attempts| {
+            block_on(store.transaction().timeout(LIVENESS).run_async(
+                |tx| -> Result<i64, TxError> {
+                    attempts.send(tx.attempt()).unwrap();
+                    match tx.get(&"job")? {
+                        Some(job) => Ok(job),
+                        None => tx.retry(),
+                    }
+                },
+            ))
+        });
+    waiter.first_attempt_then_asleep();
+    write(&store, Writer::Value, "job", 12);
+    assert_eq!(waiter.result(), Ok(12));
+    assert_eq!(waiter.later_attempts(), [2]);
+}
+
+/// `run_async` needs no runtime: a minimal executor (park the thread, unpark on wake) drives a
+/// waiter that another thread wakes by a commit.
+#[test]
+fn async_runs_on_a_minimal_executor_without_a_runtime() {
     let store: Shared = Arc::new(Store::new());
     let mut waiter = spawn_waiter(&store, |store, attempts| {
         block_on(store.transaction().run_async(|tx| -> Result<i64, TxError> {

@@ -1,6 +1,6 @@
 //! Transactions at their edges, each found by a review: a commit decided by a helper wakes
-//! waiters, a swallowed retry stays a retry, nesting on one store is refused, and an endless
-//! timeout is no deadline.
+//! waiters, a swallowed retry stays a retry, and an endless timeout is no deadline (nesting,
+//! refused on any store, is contract point 31: `tests/conveniences.rs`).
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -64,33 +64,6 @@ fn a_swallowed_retry_is_not_cleared_by_or_else() {
             });
     assert!(result.unwrap_err().is_timeout());
     assert_eq!(store.get("b"), None, "a retried run wrote");
-}
-
-#[test]
-#[should_panic(expected = "inside a transaction of the same store")]
-fn atomically_inside_a_transaction_of_the_same_store_panics() {
-    let store: Store<&str, i32> = Store::new();
-    store.atomically(|tx| {
-        tx.set(&"outer", 1)?;
-        store.atomically(|inner| inner.set(&"outer", 2));
-        Ok(())
-    });
-}
-
-#[test]
-fn atomically_inside_a_transaction_of_another_store_runs() {
-    let (one, two): (Store<&str, i32>, Store<&str, i32>) = (Store::new(), Store::new());
-    one.atomically(|tx| {
-        let copied = two.atomically(|inner| {
-            inner.set(&"k", 5)?;
-            Ok(5)
-        });
-        tx.set(&"k", copied)
-    });
-    assert_eq!(
-        (one.get("k"), two.get("k")),
-        (Some((1, Some(5))), Some((1, Some(5))))
-    );
 }
 
 #[test]

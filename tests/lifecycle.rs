@@ -117,19 +117,20 @@ mod serde_snapshots {
         let zero = r#"[["a", 0, 5]]"#;
         let err = serde_json::from_str::<Store<String, u32>>(zero).unwrap_err();
         assert!(err.to_string().contains("version 0"), "{err}");
-        // Above 2^62: near the bit that marks removed keys (2^63), or on it.
-        for version in [(1u64 << 62) + 1, (1 << 63) - 1, 1 << 63, u64::MAX] {
+        // Above 2^62 - 1, the highest version a store can hold (contract point 32, checked in
+        // tests/conveniences.rs), up to the bit that marks removed keys (2^63) and on it.
+        for version in [1u64 << 62, (1 << 63) - 1, 1 << 63, u64::MAX] {
             let too_new = format!(r#"[["a", {version}, 5]]"#);
             let err = serde_json::from_str::<Store<String, u32>>(&too_new).unwrap_err();
-            assert!(err.to_string().contains("above 2^62"), "{err}");
+            assert!(err.to_string().contains("above 2^62 - 1"), "{err}");
         }
-        // 2^62 itself loads, and commits go on from it.
-        let at_bound = format!(r#"[["a", {}, 5]]"#, 1u64 << 62);
-        let store = serde_json::from_str::<Store<String, u32>>(&at_bound).unwrap();
+        // One below the highest loads, and a commit goes on from it, to the highest.
+        let below = format!(r#"[["a", {}, 5]]"#, (1u64 << 62) - 2);
+        let store = serde_json::from_str::<Store<String, u32>>(&below).unwrap();
         let mut a = store.usevar("a".to_string()).unwrap();
         a.set(6);
         assert_eq!(a.commit(), Ok(()));
-        assert_eq!(store.get("a"), Some(((1 << 62) + 1, Some(6))));
+        assert_eq!(store.get("a"), Some(((1 << 62) - 1, Some(6))));
         let not_rows = r#"{"a": 1}"#;
         assert!(serde_json::from_str::<Store<String, u32>>(not_rows).is_err());
     }
