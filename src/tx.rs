@@ -29,6 +29,7 @@ use crate::protocol::{self, Part, Write};
 use crate::slot::SlotRef;
 use crate::snapshot::version;
 use crate::stats::Count;
+use crate::store::hand_back;
 use crate::wake::Watch;
 use crate::Store;
 
@@ -248,8 +249,9 @@ where
         let result = first(self);
         self.branches -= 1;
         if self.stop != Some(Stop::Retry) {
-            return result;
+            return hand_back(result, second);
         }
+        drop(result); // before `second` runs, not after its result is out (`hand_back`)
         while self.undo.len() > mark {
             let (at, write) = self.undo.pop().expect("above the mark");
             self.keys[at].write = write;
@@ -525,7 +527,8 @@ where
         for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
             let waited = match tx.run(&mut f) {
-                Attempt::Done(result) => return result,
+                // The attempt's copies of values go before the result does (`hand_back`).
+                Attempt::Done(result) => return hand_back(result, (tx, f)),
                 Attempt::Conflict => {
                     if backing.spin() {
                         std::thread::yield_now();
@@ -568,7 +571,7 @@ where
         for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
             match tx.run(&mut f) {
-                Attempt::Done(result) => return result,
+                Attempt::Done(result) => return hand_back(result, (tx, f)),
                 Attempt::Conflict if backing.spin() => YieldNow(false).await,
                 Attempt::Conflict => {}
                 Attempt::Retry => tx.changed_async().await,
