@@ -1,6 +1,6 @@
 //! Replays the checked-in fuzz corpus (`fuzz/corpus/{ops,interleave}/*`) and the kept
 //! regression inputs (`fuzz/regressions/*`) through both differential harnesses of
-//! `fuzz/harness/mod.rs`, so a plain `cargo test` catches regressions without nightly or
+//! `fuzz/harness/`, so a plain `cargo test` catches regressions without nightly or
 //! cargo-fuzz. See `fuzz/README.md`.
 
 #[path = "../fuzz/harness/mod.rs"]
