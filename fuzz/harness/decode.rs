@@ -305,6 +305,18 @@ fn decode_tx_ops(bytes: &mut Bytes<'_>, len: u8, depth: usize) -> Option<Vec<TxO
         .collect()
 }
 
+/// Whether an `ops` input has its stores take every snapshot of several keys by claiming the
+/// keys at once (see [`take_snapshots`](super::handles::take_snapshots)): bit 4 of the first
+/// byte, which the first opcode leaves unread (it reads the byte `% 16`).
+pub fn ops_claim(data: &[u8]) -> bool {
+    data.first().is_some_and(|&b| b & 0x10 != 0)
+}
+
+/// As [`ops_claim`], for `interleave`: bit 1 of the first byte (the client count reads bit 0).
+pub fn interleave_claim(data: &[u8]) -> bool {
+    data.first().is_some_and(|&b| b & 0x02 != 0)
+}
+
 /// The `ops` program of an input: opcode byte, operand bytes, repeated.
 pub fn decode_ops(data: &[u8]) -> Vec<Op> {
     let mut bytes = Bytes(data);

@@ -10,6 +10,17 @@ use super::memory::{Key, Lives, Val};
 use super::model::{Looked, MHandle, MVal, Seen, Write};
 use super::{expect_eq, K, PROBE_KEYS, S, V};
 
+/// Makes `store` take every snapshot of several keys (`using`, `dump`, `snapshot`,
+/// `snapshot_range`) by claiming the keys at once if `claim`, instead of by a double collect,
+/// which on one thread always succeeds: the claiming snapshot (which helps a stopped commit in
+/// its way to its end) is otherwise out of a single thread's reach. Only with `test-hooks`.
+pub(super) fn take_snapshots(store: &S, claim: bool) {
+    #[cfg(feature = "test-hooks")]
+    store.force_claiming_snapshots(claim);
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = (store, claim);
+}
+
 /// `store.dump()` as `(key, version, number)`.
 pub(super) fn dump_of(store: &S) -> Vec<Seen> {
     store

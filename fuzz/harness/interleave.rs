@@ -6,9 +6,10 @@ use std::fmt::{self, Debug};
 
 use stm_store::Store;
 
-use super::decode::{decode_interleave, Op, Step, TxKind, TxOp, Via};
+use super::decode::{decode_interleave, interleave_claim, Op, Step, TxKind, TxOp, Via};
 use super::handles::{
-    check_handle, dump_of, look_at, model_of, read_ok, seen, using_seen, write_member, Handle,
+    check_handle, dump_of, look_at, model_of, read_ok, seen, take_snapshots, using_seen,
+    write_member, Handle,
 };
 use super::memory::{check_all_freed, check_memory, memory_due, Lives, Val};
 use super::model::{Event, MHandle, MVal, Model, Seen, Write};
@@ -78,6 +79,7 @@ pub fn run_interleave(data: &[u8]) -> Stats {
     let slots = MAX_HANDLES / clients;
     let lives = Lives::default();
     let store = Store::new();
+    take_snapshots(&store, interleave_claim(data));
     let mut run = Interleave {
         program: &program,
         pos: 0,
@@ -104,6 +106,7 @@ pub fn run_interleave(data: &[u8]) -> Stats {
     }
     let mut stats = run.stats;
     stats.count_history(&run.worlds[0].model);
+    stats.snapshot_claims = store.stats().snapshot_claims;
     let end = run.program.len();
     drop(run);
     drop(store);

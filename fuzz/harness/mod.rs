@@ -91,6 +91,8 @@ const MAX_USING: u8 = 6;
 pub const MAX_OPS: usize = 256;
 /// Whether `Collection::commit_paused` is available (the `test-hooks` feature).
 pub const PAUSE_SUPPORTED: bool = cfg!(feature = "test-hooks");
+/// Whether an input can have its snapshots claim their keys (the `test-hooks` feature).
+pub const CLAIM_SUPPORTED: bool = cfg!(feature = "test-hooks");
 
 /// What a run did (for tests that check the corpus reaches the interesting paths).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,6 +123,9 @@ pub struct Stats {
     pub removals: usize,
     /// Keys created above version 0, in a store where keys were removed (the floor).
     pub recreations: usize,
+    /// Snapshots that claimed their keys (the stores' own `Stats::snapshot_claims`): with
+    /// `test-hooks`, every snapshot of several keys in the inputs that ask for it.
+    pub snapshot_claims: u64,
     /// `interleave`: removals that may have landed without their key being unlinked, looked up
     /// before a step that may create a key (see [`Interleave::unlink_landed`]).
     pub looked_up_landed: usize,
@@ -169,6 +174,7 @@ impl std::ops::AddAssign for Stats {
         self.removals += other.removals;
         self.recreations += other.recreations;
         self.looked_up_landed += other.looked_up_landed;
+        self.snapshot_claims += other.snapshot_claims;
     }
 }
 

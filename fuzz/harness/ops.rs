@@ -2,9 +2,10 @@
 
 use stm_store::Store;
 
-use super::decode::{decode_ops, Op, TxKind, Via};
+use super::decode::{decode_ops, ops_claim, Op, TxKind, Via};
 use super::handles::{
-    check_handle, dump_of, look_at, model_of, read_ok, seen, using_seen, write_member, Handle,
+    check_handle, dump_of, look_at, model_of, read_ok, seen, take_snapshots, using_seen,
+    write_member, Handle,
 };
 use super::memory::{check_all_freed, check_memory_exact, memory_due, Lives};
 use super::model::{MHandle, MVal, Model, Seen, Write};
@@ -43,6 +44,9 @@ pub fn run_ops_counting(data: &[u8]) -> Stats {
     let lives = Lives::default();
     let new_stores = ops.iter().filter(|op| matches!(op, Op::NewStore)).count();
     let stores: Vec<S> = (0..=new_stores).map(|_| Store::new()).collect();
+    for store in &stores {
+        take_snapshots(store, ops_claim(data));
+    }
     let mut run = OpsRun {
         stores: &stores,
         models: vec![Model::default()],
@@ -69,6 +73,7 @@ pub fn run_ops_counting(data: &[u8]) -> Stats {
     for model in &run.models {
         stats.count_history(model);
     }
+    stats.snapshot_claims = stores.iter().map(|s| s.stats().snapshot_claims).sum();
     drop(run);
     drop(stores);
     if let Err(msg) = check_all_freed(&lives) {

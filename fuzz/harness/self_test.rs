@@ -24,6 +24,35 @@ pub(super) const HELPED: &[u8] = &[
     24, // c0: (wakes) resume
 ];
 
+/// [`HELPED`] with snapshots that claim their keys (bit 1 of the first byte), and a dump in
+/// place of the other client's commit: the dump's claim on key 0 meets the stopped commit's
+/// claim and helps that commit to its end, so the dump already shows it whole.
+pub(super) const CLAIMING_HELPS: &[u8] = &[
+    2, // 2 clients; snapshots claim
+    4, 0, 2, 0, 1, // c0: using(slot 0, [0, 1]): a claiming snapshot
+    8, 0, 0, 5, // c0: slot 0 [0].set(5)
+    8, 0, 1, 6, // c0: slot 0 [1].set(6)
+    30, 0, 1,  // c0: pause slot 0 after 1 claim
+    25, // c1: dump: helps c0's commit to its end
+    24, // c0: (wakes) resume: Ok
+];
+
+#[test]
+fn a_claiming_snapshot_helps_a_paused_commit() {
+    let (clients, steps) = decode_interleave(CLAIMING_HELPS);
+    assert_eq!((clients, steps.len()), (2, 6), "{steps:?}");
+    let stats = run_interleave(CLAIMING_HELPS);
+    if CLAIM_SUPPORTED {
+        // `using`, the dump, and the final dump each claimed their two keys.
+        assert_eq!(stats.snapshot_claims, 3, "{stats:?}");
+        assert_eq!(stats.resumed_ok, 1, "{stats:?}");
+    }
+    // Without the bit, no snapshot on one thread ever claims (its double collect succeeds).
+    let mut collecting = CLAIMING_HELPS.to_vec();
+    collecting[0] = 0;
+    assert_eq!(run_interleave(&collecting).snapshot_claims, 0);
+}
+
 #[test]
 fn a_helped_paused_commit_decodes_and_runs() {
     let (clients, steps) = decode_interleave(HELPED);
