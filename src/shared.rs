@@ -9,6 +9,10 @@ use crate::wake::Waiters;
 pub(crate) struct Shared {
     pub(crate) waiters: Waiters,
     pub(crate) counters: Counters,
+    /// Test hook: multi-key snapshots claim their keys at once (`Store::force_claiming_snapshots`).
+    /// A plain flag, outside loom's model: no model sets it.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) claiming_snapshots: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -16,12 +20,25 @@ impl Shared {
         Self {
             waiters: Waiters::new(),
             counters: Counters::new(),
+            #[cfg(feature = "test-hooks")]
+            claiming_snapshots: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     #[inline]
     pub(crate) fn count(&self, count: Count) {
         self.counters.add(count);
+    }
+
+    /// Whether snapshots skip the double collect (test hook; always false without it).
+    #[inline]
+    pub(crate) fn claiming_snapshots(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self
+            .claiming_snapshots
+            .load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(feature = "test-hooks"))]
+        false
     }
 }
 

@@ -4,13 +4,33 @@
 //! nothing changed, every record was the committed one at the instant between the two passes.
 //! After a few failed passes (writers keep landing on these keys) the snapshot claims its keys
 //! instead, with snapshot claims that accept whatever they find: once all are in place those
-//! keys cannot change, so it cannot fail either, and no snapshot ever answers `BusyRetry`.
+//! keys cannot change, so it cannot fail either, and no snapshot ever answers `BusyRetry`. (A
+//! test hook, `Store::force_claiming_snapshots`, skips the double collect, so that tests reach
+//! the claiming snapshot at will.)
 
 use crate::primitive::Guard;
 use crate::protocol::{drive, outcome};
 use crate::shared::Shared;
 use crate::slot::{EntryInit, Kind, Owner, Record, Slot, SlotRef};
 use crate::stats::Count;
+
+#[cfg(feature = "test-hooks")]
+impl<K, V, S> crate::Store<K, V, S>
+where
+    K: Ord + std::hash::Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: std::hash::BuildHasher + Clone + Send + Sync,
+{
+    /// Test hook (`test-hooks` feature): while `on`, this store's snapshots of several keys
+    /// (`using`, `dump`, `snapshot`, `snapshot_range`) skip the double collect and claim their
+    /// keys at once, as they otherwise do only after repeated failed collects (rare on few
+    /// cores). Each such snapshot is counted in [`Stats::snapshot_claims`](crate::Stats).
+    #[doc(hidden)]
+    pub fn force_claiming_snapshots(&self, on: bool) {
+        let flag = &self.shared().claiming_snapshots;
+        flag.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// How many double collects to try before claiming (one under loom: models reach the claiming
 /// snapshot with a single concurrent commit, within a small preemption bound).
@@ -34,7 +54,11 @@ pub(crate) fn read_all<'g, K: 'g, V: 'g>(
     if let [item] = items {
         return item.take(item.slot().load(pin).logical()); // one load is its own instant
     }
-    for _ in 0..COLLECTS {
+    let collects = match shared.claiming_snapshots() {
+        true => 0, // test hook: straight to claiming
+        false => COLLECTS,
+    };
+    for _ in 0..collects {
         for item in items.iter_mut() {
             item.take(item.slot().load(pin).logical());
         }

@@ -596,13 +596,15 @@ where
         f: impl FnOnce(&Snapshot<'_, K, V>) -> R,
     ) -> R {
         let pin = pin();
-        match self.snapshot_with_help(|| self.try_read(&pin, &range)) {
-            Ok(found) => f(&Snapshot::read(found)),
+        let snapshot = match self.snapshot_with_help(|| self.try_read(&pin, &range)) {
+            Ok(found) => Snapshot::read(found),
             Err(rows) => {
                 let in_range = rows.into_iter().filter(|(key, ..)| range.contains(key));
-                f(&Snapshot::copied(in_range.collect()))
+                Snapshot::copied(in_range.collect())
             }
-        }
+        };
+        let result = f(&snapshot);
+        hand_back(result, (snapshot, range))
     }
 
     /// Takes a snapshot with `own` (which tries once: `None` if a key was created meanwhile),
@@ -695,7 +697,7 @@ where
     /// The slot listed for `key`, created if there is none; it may be removed (see `live`).
     fn slot(&self, key: K) -> SlotRef<'_, K, V> {
         match self.table.get(&key) {
-            Some(slot) => slot,
+            Some(slot) => hand_back(slot, key),
             None => self.create(key),
         }
     }
@@ -750,6 +752,15 @@ where
             "{call}: this handle belongs to another Store; a handle always commits to the store it was read from"
         );
     }
+}
+
+/// Returns `result` once `rest` is dropped. Rust does not drop a function's return value if a
+/// local's destructor unwinds after the value was moved out, so a function that returns a
+/// user's value (or a slot's count) drops first whatever may panic in `drop` (copies of values,
+/// keys); if one does, `result` is still a local, and unwinding drops it.
+pub(crate) fn hand_back<T>(result: T, rest: impl Sized) -> T {
+    drop(rest);
+    result
 }
 
 impl<K, V, S> Home<K, V> for Store<K, V, S>

@@ -30,6 +30,7 @@ use crate::protocol::{self, Part, Write};
 use crate::slot::SlotRef;
 use crate::snapshot::version;
 use crate::stats::Count;
+use crate::store::hand_back;
 use crate::wake::Watch;
 use crate::Store;
 
@@ -359,8 +360,9 @@ where
         let result = first(self);
         self.branches -= 1;
         if self.stop != Some(Stop::Retry) {
-            return result;
+            return hand_back(result, second);
         }
+        drop(result); // before `second` runs, not after its result is out (`hand_back`)
         while self.undo.len() > mark {
             let (at, write) = self.undo.pop().expect("above the mark");
             self.keys[at].write = write;
@@ -725,7 +727,8 @@ where
         for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
             let waited = match tx.run(call, &mut f) {
-                Attempt::Done(result) => return result,
+                // The attempt's copies of values go before the result does (`hand_back`).
+                Attempt::Done(result) => return hand_back(result, (tx, f)),
                 Attempt::Conflict => {
                     if backing.spin() {
                         std::thread::yield_now();
@@ -786,7 +789,7 @@ where
         for attempt in attempts() {
             let mut tx = Tx::new(self.store, attempt);
             let waited = match tx.run("Transaction::run_async", &mut f) {
-                Attempt::Done(result) => return result,
+                Attempt::Done(result) => return hand_back(result, (tx, f)),
                 Attempt::Conflict => {
                     if backing.spin() {
                         YieldNow(false).await;

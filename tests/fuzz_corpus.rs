@@ -1,6 +1,6 @@
 //! Replays the checked-in fuzz corpus (`fuzz/corpus/{ops,interleave}/*`) and the kept
 //! regression inputs (`fuzz/regressions/*`) through both differential harnesses of
-//! `fuzz/harness/mod.rs`, so a plain `cargo test` catches regressions without nightly or
+//! `fuzz/harness/`, so a plain `cargo test` catches regressions without nightly or
 //! cargo-fuzz. See `fuzz/README.md`.
 
 #[path = "../fuzz/harness/mod.rs"]
@@ -72,14 +72,17 @@ fn replay(files: &[PathBuf]) -> harness::Stats {
     stats
 }
 
-/// The corpus must keep reaching every way a transaction ends, and reruns; and removals, with
-/// keys created again above the floor.
+/// The corpus must keep reaching every way a transaction ends, and reruns; removals, with
+/// keys created again above the floor; and (with `test-hooks`) snapshots that claim their keys.
 fn assert_transactions_reached(stats: &harness::Stats) {
     assert!(
         stats.tx_ok > 0 && stats.tx_failed > 0 && stats.tx_timed_out > 0 && stats.tx_reruns > 0,
         "{stats:?}"
     );
     assert!(stats.removals > 0 && stats.recreations > 0, "{stats:?}");
+    if harness::CLAIM_SUPPORTED {
+        assert!(stats.snapshot_claims > 0, "{stats:?}");
+    }
 }
 
 #[test]

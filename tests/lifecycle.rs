@@ -187,6 +187,54 @@ mod statistics {
         assert_eq!(store.stats().helped, 1); // its owner only reports the outcome
     }
 
+    #[cfg(feature = "test-hooks")]
+    #[test]
+    fn snapshots_forced_to_claim_are_counted_and_read_the_same() {
+        // The test hook makes every snapshot of several keys claim them at once (what a double
+        // collect falls back to under contention, which one thread never meets): each such
+        // snapshot is counted once and reads what a double collect reads; a snapshot of one
+        // key is a single load and claims nothing. A claiming snapshot that meets a stopped
+        // commit helps it to its end, and sees it whole.
+        let store: Store<&str, i32> = [("a", 1), ("b", 2), ("c", 3)].into_iter().collect();
+        type Row = (&'static str, u64, Option<i32>);
+        let rows = |s: &stm_store::Snapshot<'_, &'static str, i32>| -> Vec<Row> {
+            s.iter().map(|(k, v, x)| (*k, v, x.copied())).collect()
+        };
+        let (dump, snapshot) = (store.dump(), store.snapshot(rows));
+        let first_two = store.snapshot_range("a".."c", rows);
+        assert_eq!(store.stats().snapshot_claims, 0);
+
+        store.force_claiming_snapshots(true);
+        assert_eq!(store.dump(), dump);
+        assert_eq!(store.snapshot(rows), snapshot);
+        assert_eq!(store.snapshot_range("a".."c", rows), first_two);
+        let c = store.using(["c", "a"]).unwrap();
+        let read: Vec<_> = c
+            .iter()
+            .map(|(k, v)| (*k, v.version(), v.value().copied()))
+            .collect();
+        assert_eq!(read, [dump[0], dump[2]]);
+        drop(c);
+        drop(store.using(["b"]).unwrap()); // one key: no claim
+        assert_eq!(store.stats().snapshot_claims, 4);
+
+        let mut c = store.using(["a", "b"]).unwrap();
+        c["a"].set(10);
+        c["b"].set(20);
+        let paused = c.commit_paused(1); // "a" claimed, undecided
+        assert_eq!(
+            store.dump(),
+            [("a", 2, Some(10)), ("b", 2, Some(20)), ("c", 1, Some(3))]
+        );
+        assert_eq!(store.stats().helped, 1);
+        paused.resume().unwrap();
+        assert_eq!(store.stats().snapshot_claims, 6);
+
+        store.force_claiming_snapshots(false);
+        assert_eq!(store.dump().len(), 3);
+        assert_eq!(store.stats().snapshot_claims, 6);
+    }
+
     #[test]
     fn a_run_stopped_by_a_stale_read_counts_as_a_conflict() {
         let store: Store<&str, i32> = Store::new();

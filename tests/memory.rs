@@ -14,10 +14,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Once};
+use std::sync::{Arc, Barrier};
 use std::thread;
 
-use common::{Counts, Tracked, XorShift, SCALE};
+use common::{quiet_planned_panics, Counts, Tracked, XorShift, SCALE};
 use stm_store::{Error, Store};
 
 type TrackedStore = Store<u32, Tracked>;
@@ -44,26 +44,6 @@ fn copies(tags: impl IntoIterator<Item = u64>) -> Vec<(u64, isize)> {
 fn assert_only_latest_values(counts: &Counts, store: &TrackedStore, keys: u32) {
     let latest = tags(store, 0..keys).into_iter().flatten();
     counts.settle_to(&copies(latest));
-}
-
-/// Installs (once per test binary) a panic hook that keeps quiet about the panics these tests
-/// make on purpose (their message starts with `PLANNED`) and passes every other panic on.
-fn quiet_planned_panics() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.starts_with("PLANNED") {
-                previous(info);
-            }
-        }));
-    });
 }
 
 #[test]

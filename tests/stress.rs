@@ -6,7 +6,9 @@
 //! Each test checks invariants that a broken protocol violates (a lost or torn write, a
 //! non-serializable outcome, a false conflict, a fork held twice), not just the absence of
 //! panics. Threads start together on a Barrier (`together`); no test sleeps. `BusyRetry` is counted
-//! everywhere and must stay at 0 (this implementation never returns it).
+//! everywhere and must stay at 0 (this implementation never returns it). The tests that audit
+//! snapshots run twice: as the store chooses, and with every snapshot of several keys claiming
+//! its keys (`Snapshots`, with the `test-hooks` feature), a path that 2 cores rarely reach.
 
 mod common;
 
@@ -73,6 +75,63 @@ fn together<T: Send>(threads: usize, body: impl Fn(usize) -> (Tally, T) + Sync) 
     (total, rest)
 }
 
+/// How a test's store takes snapshots of several keys (`using`, `dump`, `snapshot`): as it
+/// chooses (a double collect, which falls back to claiming the keys only after repeated
+/// failures: rare on 2 cores), or always by claiming them (the `test-hooks` feature's
+/// `Store::force_claiming_snapshots`). The tests that audit snapshots run both ways: their
+/// invariants must hold whichever way a snapshot is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Snapshots {
+    AsChosen,
+    #[cfg(feature = "test-hooks")]
+    Claiming,
+}
+
+impl Snapshots {
+    /// Makes `store` take its snapshots this way.
+    fn apply<K, V>(self, store: &Store<K, V>)
+    where
+        K: Ord + std::hash::Hash + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        #[cfg(feature = "test-hooks")]
+        store.force_claiming_snapshots(self == Snapshots::Claiming);
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = (self, store);
+    }
+
+    /// How many operations a thread runs, of a test's `ops`: a quarter when claiming (in the
+    /// long tests; the claiming run adds a path to check, not a workload).
+    fn ops(self, ops: u64) -> u64 {
+        match self {
+            Snapshots::AsChosen => ops,
+            #[cfg(feature = "test-hooks")]
+            Snapshots::Claiming => ops / 4,
+        }
+    }
+
+    /// After the run, taken `Claiming`: at least `claims` snapshots (and at least one) claimed
+    /// their keys, so the claiming path really ran under the test's invariants.
+    #[track_caller]
+    fn check<K, V>(self, store: &Store<K, V>, claims: u64)
+    where
+        K: Ord + std::hash::Hash + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        #[cfg(feature = "test-hooks")]
+        if self == Snapshots::Claiming {
+            let claimed = store.stats().snapshot_claims;
+            assert!(
+                claimed >= claims.max(1),
+                "{claimed} snapshots claimed their keys, at least {} should have",
+                claims.max(1)
+            );
+        }
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = (self, store, claims);
+    }
+}
+
 #[test]
 fn lost_update_single_key_counter() {
     const THREADS: u64 = 4;
@@ -106,11 +165,22 @@ fn lost_update_single_key_counter() {
 
 #[test]
 fn lost_update_multi_key_counters() {
+    multi_key_counters(Snapshots::AsChosen);
+}
+
+#[cfg(feature = "test-hooks")]
+#[test]
+fn lost_update_multi_key_counters_with_claiming_snapshots() {
+    multi_key_counters(Snapshots::Claiming);
+}
+
+fn multi_key_counters(snapshots: Snapshots) {
     // Two counters incremented together, through the multi-key protocol: a lost or a partial
     // write shows as a counter behind the number of commits, or as the two counters apart.
     const THREADS: u64 = 4;
     const INCREMENTS: u64 = 500 * SCALE;
     let store: Store<&str, u64> = Store::new();
+    snapshots.apply(&store);
     let (tally, versions) = together(THREADS as usize, |t| {
         let mut tally = Tally::default();
         let mut versions = Vec::new();
@@ -144,16 +214,28 @@ fn lost_update_multi_key_counters() {
     let mut versions: Vec<(u64, u64)> = versions.into_iter().flatten().collect();
     versions.sort_unstable();
     assert!(versions.iter().copied().eq((1..=n).map(|v| (v, v))));
+    snapshots.check(&store, n); // a `using` before each commit
 }
 
 #[test]
 fn bank_transfers_conserve_money_in_every_snapshot() {
+    bank_transfers(Snapshots::AsChosen);
+}
+
+#[cfg(feature = "test-hooks")]
+#[test]
+fn bank_transfers_conserve_money_in_every_claiming_snapshot() {
+    bank_transfers(Snapshots::Claiming);
+}
+
+fn bank_transfers(snapshots: Snapshots) {
     const ACCOUNTS: u64 = 8;
     const START: i64 = 1_000;
     const TOTAL: i64 = START * ACCOUNTS as i64;
     const MOVERS: u64 = 3;
     const TRANSFERS: u64 = 1_200 * SCALE;
     let store: Store<u64, i64> = Store::new();
+    snapshots.apply(&store);
     let mut all = store.using(0..ACCOUNTS).unwrap();
     all.values_mut().for_each(|v| v.set(START));
     all.commit().unwrap();
@@ -232,6 +314,7 @@ fn bank_transfers_conserve_money_in_every_snapshot() {
     // One initial write per account and two per transfer: a lost write shows here.
     let versions: u64 = end.iter().map(|(_, v, _)| v).sum();
     assert_eq!(versions, ACCOUNTS + 2 * tally.commits, "{tally:?}");
+    snapshots.check(&store, snapshot_counts.iter().sum());
 }
 
 #[test]
@@ -530,6 +613,16 @@ fn dump_completes_while_another_thread_keeps_creating_keys() {
 
 #[test]
 fn dump_sums_to_zero_while_keys_are_created_and_written_together() {
+    dumps_sum_to_zero(Snapshots::AsChosen);
+}
+
+#[cfg(feature = "test-hooks")]
+#[test]
+fn claiming_dumps_sum_to_zero_while_keys_are_created_and_written_together() {
+    dumps_sum_to_zero(Snapshots::Claiming);
+}
+
+fn dumps_sum_to_zero(snapshots: Snapshots) {
     // A writer, in a tight loop until the dumps are done, creates a new key and in ONE commit
     // writes 1 to it and takes 1 from the key TOTAL: the sum over all keys stays 0 at every
     // instant. Every dump (taken while keys keep appearing) must sum to 0, and count as many
@@ -540,6 +633,7 @@ fn dump_sums_to_zero_while_keys_are_created_and_written_together() {
     const PRE: u64 = 2_000;
     const DUMPS: usize = 20;
     let store: Arc<Store<u64, i64>> = Arc::new(Store::new());
+    snapshots.apply(&store);
     let mut c = store.using(0..PRE).unwrap();
     c.values_mut().for_each(|v| v.set(0));
     c.commit().unwrap();
@@ -583,6 +677,8 @@ fn dump_sums_to_zero_while_keys_are_created_and_written_together() {
     let dump = store.dump();
     assert_eq!(dump[0], (TOTAL, written + 1, Some(-(written as i64))));
     assert_eq!(dump.len() as u64, PRE + written);
+    // The writer's `using` of two keys each step, and each dump.
+    snapshots.check(&store, written + DUMPS as u64);
 }
 
 /// Counts a worker out when it is dropped, also by a panic: the threads that run until every
@@ -630,6 +726,16 @@ where
 
 #[test]
 fn accounts_open_and_close_while_audits_conserve_the_total() {
+    accounts_open_and_close(Snapshots::AsChosen);
+}
+
+#[cfg(feature = "test-hooks")]
+#[test]
+fn accounts_open_and_close_while_claiming_audits_conserve_the_total() {
+    accounts_open_and_close(Snapshots::Claiming);
+}
+
+fn accounts_open_and_close(snapshots: Snapshots) {
     // Accounts opened and closed while money moves (contract 22-23 under threads). Key k is an
     // open account while it has a value. Closing one moves its balance into another open
     // account and removes it, in one commit; opening one gives a key without a value (absent,
@@ -652,6 +758,7 @@ fn accounts_open_and_close_while_audits_conserve_the_total() {
         600_000
     };
     let store: Store<u64, i64> = (0..ACCOUNTS).map(|k| (k, START)).collect();
+    snapshots.apply(&store);
     let moving = AtomicUsize::new(MOVERS);
 
     let audit = |rows: &[Row<u64, i64>], last: &mut [u64]| {
@@ -671,6 +778,8 @@ fn accounts_open_and_close_while_audits_conserve_the_total() {
         }
     };
 
+    // Audits by `using` (over every account: each claims its keys when `snapshots` says so).
+    let using_audits = AtomicU64::new(0);
     // Movers return (opens, closes) that landed; auditors their snapshot count.
     let (tally, results) = together(MOVERS + 2, |t| {
         let mut tally = Tally::default();
@@ -678,6 +787,7 @@ fn accounts_open_and_close_while_audits_conserve_the_total() {
             let (mut last, mut turn) = (vec![0; ACCOUNTS as usize], t as u64);
             while moving.load(Ordering::SeqCst) > 0 || turn < 8 {
                 audit(&any_snapshot(&store, turn, 0..ACCOUNTS), &mut last);
+                using_audits.fetch_add(u64::from(turn % 4 == 3), Ordering::SeqCst);
                 turn += 1;
             }
             return (tally, (0, 0, turn));
@@ -686,7 +796,7 @@ fn accounts_open_and_close_while_audits_conserve_the_total() {
         let by_tx = t == MOVERS - 1;
         let mut rng = XorShift::new(t as u64 + 17);
         let (mut opens, mut closes) = (0u64, 0u64);
-        for _ in 0..OPS {
+        for _ in 0..snapshots.ops(OPS) {
             let (a, b) = rng.pair(ACCOUNTS);
             let amount = 1 + rng.below(50) as i64;
             match (rng.below(10), by_tx) {
@@ -766,10 +876,21 @@ fn accounts_open_and_close_while_audits_conserve_the_total() {
         ACCOUNTS + opens - closes,
         "{opens} opens and {closes} closes landed: {end:?} ({tally:?})"
     );
+    snapshots.check(&store, using_audits.into_inner());
 }
 
 #[test]
 fn counters_removed_and_created_again_lose_no_increment() {
+    counters_removed_and_created_again(Snapshots::AsChosen);
+}
+
+#[cfg(feature = "test-hooks")]
+#[test]
+fn counters_removed_and_created_again_under_claiming_audits_lose_no_increment() {
+    counters_removed_and_created_again(Snapshots::Claiming);
+}
+
+fn counters_removed_and_created_again(snapshots: Snapshots) {
     // No lost update across removals. Each counter's value holds, per thread, how many
     // increments that thread made to it since the counter was created. Banking a counter adds
     // its value into the banking thread's bank and removes the counter, in one commit; the next
@@ -792,6 +913,7 @@ fn counters_removed_and_created_again_lose_no_increment() {
     };
     type Share = [u64; THREADS];
     let store: Store<(u8, u64), Share> = Store::new();
+    snapshots.apply(&store);
     let counter = |c: u64| (0u8, c);
     let bank = |t: usize| (1u8, t as u64);
     let running = AtomicUsize::new(THREADS);
@@ -825,7 +947,7 @@ fn counters_removed_and_created_again_lose_no_increment() {
         let by_tx = t % 2 == 1;
         let mut rng = XorShift::new(t as u64 + 101);
         let (mut increments, mut last_version) = (0, [0u64; COUNTERS as usize]);
-        for _ in 0..OPS {
+        for _ in 0..snapshots.ops(OPS) {
             let c = rng.below(COUNTERS);
             let banking = rng.below(8) == 0;
             let written = match (banking, by_tx) {
@@ -897,6 +1019,8 @@ fn counters_removed_and_created_again_lose_no_increment() {
             "thread {t}: {made} increments, {share} accounted: {end:?}"
         );
     }
+    // The auditor's `using` of the three counters, every fourth turn.
+    snapshots.check(&store, made[THREADS] / 4);
 }
 
 /// Accounts closed (balance moved, key removed, in one transaction) while other threads `get`

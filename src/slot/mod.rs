@@ -44,8 +44,12 @@
 //! - To retire is to hand to crossbeam-epoch: freed once every thread pinned at that moment has
 //!   unpinned. Every pointer followed here was loaded under the caller's pin, and a reference
 //!   into a node never outlives that pin (`'g`).
-//! - A panicking `V::drop` during reclamation is caught and discarded: it runs in whichever
-//!   thread advances the epoch, and stopping there would leak every value after it.
+//! - A panicking `V::drop` or `K::drop` where this module frees nodes is caught and
+//!   discarded. In reclamation it runs in whichever thread advances the epoch, inside
+//!   crossbeam-epoch's batch of deferred functions, which runs them in a plain loop: a panic
+//!   escaping one would skip the rest of the batch (up to 63 records, descriptors and slots,
+//!   never freed) and surface in an unrelated call. When the store is dropped, the key index
+//!   drops its slots in a plain loop too (hashbrown's), and a panic would leak the rest.
 
 mod shelf;
 mod table;
@@ -332,9 +336,9 @@ impl<K, V> Slot<K, V> {
         #[cfg(not(loom))]
         // SAFETY: the count is zero, so the index has unlinked the slot and nothing counts it:
         // only threads pinned now can reach it (above). It was allocated as a `Box` by the
-        // table, and is freed once, after they unpin.
+        // table, and is freed once, after they unpin. Its key's drop is caught (module docs).
         unsafe {
-            pin.defer_unchecked(move || drop(Box::from_raw(slot)))
+            pin.defer_unchecked(move || drop_caught(Box::from_raw(slot)))
         }
     }
 
@@ -548,7 +552,8 @@ pub(super) unsafe fn free_record<V>(record: *mut Record<V>) {
     }
 }
 
-/// Drops `item`; a panic in its destructor is caught and discarded (module docs).
+/// Drops `item`; a panic in its destructor is caught and discarded (module docs). The rest of
+/// `item` is still dropped: drop glue goes on through the remaining fields while it unwinds.
 fn drop_caught<T>(item: T) {
     let _ = catch_unwind(AssertUnwindSafe(move || drop(item)));
 }

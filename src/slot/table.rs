@@ -9,7 +9,7 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::ptr::NonNull;
 
-use super::{Record, Slot, SlotRef, REMOVED};
+use super::{drop_caught, Record, Slot, SlotRef, REMOVED};
 use crate::primitive::{AtomicU64, Guard, IdCounter, Ordering::SeqCst};
 
 /// A slot's allocation, owned by the table while it lists it.
@@ -39,13 +39,17 @@ impl<K, V> SlotBox<K, V> {
 }
 
 impl<K, V> Drop for SlotBox<K, V> {
-    /// A slot never published, or still listed when the table is dropped.
+    /// A slot never published, or still listed when the table is dropped. A panicking
+    /// `K::drop` is caught: the index drops its slots in a plain loop that a panic would stop,
+    /// leaking the rest; and a slot never published is dropped as `get_or_create` returns,
+    /// where a panic would leak the count it returns (Rust does not drop a return value when a
+    /// local's destructor unwinds).
     fn drop(&mut self) {
         // SAFETY: allocated by `Box::leak` in `new`. Either it was never published, or the
         // table is being dropped, with no call in progress: no handle or transaction can hold
         // a count (they borrow the store), and a descriptor still naming it was forgotten and
         // is never used again.
-        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+        drop_caught(unsafe { Box::from_raw(self.0.as_ptr()) });
     }
 }
 

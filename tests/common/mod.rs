@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: a deterministic PRNG, a value type that counts its
-//! creations and drops, a bounded epoch flush to count them after deferred reclamation, and a
-//! watchdog for calls that must not block, and a way to see that a thread is asleep (a waiter
-//! in `retry`).
+//! creations and drops, a bounded epoch flush to count them after deferred reclamation, a
+//! watchdog for calls that must not block, a way to see that a thread is asleep (a waiter in
+//! `retry`), and a panic hook that keeps quiet about the panics tests make on purpose.
 //!
 //! Each test binary uses only some of these.
 #![allow(dead_code)]
@@ -173,7 +173,15 @@ pub const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 /// tests of the same binary pin too, and a pinned thread that the OS has descheduled holds the
 /// epoch back: so it flushes in a tight loop first, then with short sleeps. A value that leaks
 /// never makes `done()` true, and the caller's assertion fails after the limit.
-pub fn settle(mut done: impl FnMut() -> bool) -> bool {
+pub fn settle(done: impl FnMut() -> bool) -> bool {
+    settle_with(done, || {
+        crossbeam_epoch::pin().flush();
+    })
+}
+
+/// [`settle`] with `flush` in place of `pin().flush()`: to watch what a flush does (a panic
+/// that escapes from reclamation into it, say).
+pub fn settle_with(mut done: impl FnMut() -> bool, mut flush: impl FnMut()) -> bool {
     let start = Instant::now();
     for round in 0u64.. {
         if done() {
@@ -182,7 +190,7 @@ pub fn settle(mut done: impl FnMut() -> bool) -> bool {
         if start.elapsed() > SETTLE_LIMIT {
             return false;
         }
-        crossbeam_epoch::pin().flush();
+        flush();
         if round >= 1_000 {
             std::thread::sleep(Duration::from_millis(1));
         } else if round % 64 == 63 {
@@ -302,4 +310,24 @@ pub fn wait_until_asleep(tid: Option<u32>, patience: Duration) {
         );
         std::thread::yield_now();
     }
+}
+
+/// Installs (once per test binary) a panic hook that keeps quiet about the panics tests make on
+/// purpose (their message starts with `PLANNED`) and passes every other panic on.
+pub fn quiet_planned_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !message.starts_with("PLANNED") {
+                previous(info);
+            }
+        }));
+    });
 }
