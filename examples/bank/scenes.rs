@@ -108,20 +108,16 @@ fn transfer_until(
 }
 
 /// Checks the end state of a run: the total of every account.
-fn check_end(checks: &mut Checks, scene: &str, bank: &impl Bank, config: &Config) {
+fn check_end<B: Bank>(checks: &mut Checks, scene: &str, bank: &B, config: &Config) {
     let (total, expected) = (bank.audit(config.accounts, true), config.expected_total());
     if total != expected {
         checks.fail(format!(
             "{scene}, {}: the accounts ended with {} instead of {}",
-            bank_name(bank),
+            B::NAME,
             grouped(total),
             grouped(expected)
         ));
     }
-}
-
-fn bank_name<B: Bank>(_: &B) -> &'static str {
-    B::NAME
 }
 
 fn heading(number: u32, text: &str) {
