@@ -72,14 +72,18 @@
 
 pub mod blocking;
 mod codec;
+mod commit;
 mod error;
 mod handle;
 mod store;
+mod tx;
+mod watch;
 
 pub use codec::{KeyCodec, KeyCodecError};
 pub use error::Error;
 pub use handle::{Collection, Value};
 pub use store::{EtcdStore, Options};
+pub use tx::{Backoff, Transaction, Tx, TxError};
 
 /// The README's examples, compiled as doctests.
 #[doc = include_str!("../README.md")]
