@@ -1,5 +1,5 @@
-//! Shared by the etcd tests: where the test etcd is, private etcd servers for the fault
-//! tests, and adapters that let one scenario read the same against both backends.
+//! Shared by the etcd tests: where the test etcd is, and private etcd servers for the fault
+//! tests.
 #![allow(dead_code)]
 
 pub mod bank;
@@ -43,46 +43,6 @@ pub fn fresh_prefix(name: &str) -> String {
 /// A blocking store on the shared test etcd, under a fresh prefix.
 pub fn etcd_store<V>(name: &str) -> EtcdStore<String, V> {
     EtcdStore::connect(endpoints(), fresh_prefix(name)).expect("connect to the test etcd")
-}
-
-/// The contract's error out of either backend's error.
-pub trait AsContract {
-    fn as_contract(&self) -> stm_store::Error;
-}
-
-impl AsContract for stm_store::Error {
-    fn as_contract(&self) -> stm_store::Error {
-        *self
-    }
-}
-
-impl AsContract for stm_store_etcd::Error {
-    fn as_contract(&self) -> stm_store::Error {
-        self.contract()
-            .unwrap_or_else(|| panic!("expected a contract error, got: {self}"))
-    }
-}
-
-/// `Err(e)` as the contract's error, `Ok` as `None`.
-pub fn err<T, E: AsContract>(r: Result<T, E>) -> Option<stm_store::Error> {
-    r.err().map(|e| e.as_contract())
-}
-
-/// Either backend's `dump()` as rows.
-pub trait Rows<K, V> {
-    fn rows(self) -> Vec<(K, u64, Option<V>)>;
-}
-
-impl<K, V> Rows<K, V> for Vec<(K, u64, Option<V>)> {
-    fn rows(self) -> Vec<(K, u64, Option<V>)> {
-        self
-    }
-}
-
-impl<K, V> Rows<K, V> for Result<Vec<(K, u64, Option<V>)>, stm_store_etcd::Error> {
-    fn rows(self) -> Vec<(K, u64, Option<V>)> {
-        self.expect("dump")
-    }
 }
 
 pub fn k(s: &str) -> String {
