@@ -117,6 +117,11 @@ impl<K, V> EtcdStore<K, V> {
     pub fn options(&self) -> &Options {
         self.inner.options()
     }
+
+    /// How many requests this store has sent to etcd: see [`crate::EtcdStore::requests`].
+    pub fn requests(&self) -> u64 {
+        self.inner.requests()
+    }
 }
 
 impl<K, V> EtcdStore<K, V>

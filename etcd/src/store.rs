@@ -97,6 +97,8 @@ pub struct EtcdStore<K, V> {
     /// Names this store's commits (with `commits`), and seeds the backoff's jitter.
     pub(crate) nonce: u64,
     pub(crate) commits: AtomicU64,
+    /// Requests sent, for [`requests`](EtcdStore::requests).
+    requests: AtomicU64,
     /// A request failed and none succeeded since: check that etcd answers before sending a
     /// write (so that an unresponsive etcd gives `BusyRetry`, not a commit in doubt).
     pub(crate) suspect: AtomicBool,
@@ -197,8 +199,12 @@ pub(crate) struct Budget {
 
 impl Budget {
     pub(crate) fn new(budget: Duration) -> Self {
+        Self::until(Instant::now() + budget)
+    }
+
+    pub(crate) fn until(deadline: Instant) -> Self {
         Self {
-            deadline: Instant::now() + budget,
+            deadline,
             next: Duration::from_millis(20),
         }
     }
@@ -305,6 +311,7 @@ impl<K, V> EtcdStore<K, V> {
             lease: Mutex::new(None),
             nonce: hasher.finish(),
             commits: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             suspect: AtomicBool::new(false),
             types: PhantomData,
         };
@@ -338,12 +345,22 @@ impl<K, V> EtcdStore<K, V> {
         &self.options
     }
 
+    /// How many requests this store has sent to etcd since it connected: reads, commits,
+    /// retries, lease grants, watches set up. Each is a round trip (at least), so this is
+    /// what a piece of code costs over the network: a transaction that reads two keys and
+    /// writes them costs three (two reads and the commit), or two with the keys named to
+    /// [`Transaction::prefetch`](crate::Transaction::prefetch).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     /// One request, with the request timeout; any success clears `suspect`, any failure
     /// that may pass sets it.
     pub(crate) async fn request<T, F>(&self, call: F) -> Result<T, Failure>
     where
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let answer = match tokio::time::timeout(self.options.request_timeout, call).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(Failure::from_client(e)),

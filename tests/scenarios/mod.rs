@@ -81,7 +81,7 @@ impl<E> From<E> for AppError<E> {
 macro_rules! scenarios {
     ($new:expr, $store:ty) => {
         #[allow(unused_imports)]
-        use super::scenarios::{err, k, recv, AppError, Rows};
+        use super::scenarios::{err, k, recv, AppError, Rows, LIVENESS};
         use std::sync::mpsc;
         use std::time::Duration;
         use stm_store::Error::ConcurrentUpdate;
@@ -511,7 +511,7 @@ macro_rules! scenarios {
             let (attempt_tx, attempts) = mpsc::channel();
             std::thread::scope(|s| {
                 let waiter = s.spawn(|| {
-                    store.atomically(|tx| {
+                    store.transaction().timeout(LIVENESS).run(|tx| {
                         let found = tx.get(&job)?;
                         attempt_tx.send((tx.attempt(), found)).unwrap();
                         match found {
@@ -526,7 +526,7 @@ macro_rules! scenarios {
                 assert_eq!(recv(&attempts, "the first run"), (1, Some(0)));
                 put(&store, &[("other", 1)]);
                 put(&store, &[("job", 42)]);
-                assert_eq!(waiter.join().unwrap(), 42);
+                assert_eq!(waiter.join().unwrap().expect("woken by the commit"), 42);
             });
             assert_eq!(
                 attempts.try_iter().collect::<Vec<_>>(),
@@ -534,6 +534,28 @@ macro_rules! scenarios {
                 "exactly one more run: the commit to another key did not wake it"
             );
             assert_eq!(get(&store, "job"), Some((3, None)));
+        }
+
+        /// Point 14: no lost wake-up: a change committed after the run's read but before it
+        /// starts waiting (here, by the run itself, through a handle, just before it retries)
+        /// wakes it at once.
+        #[test]
+        fn p14_retry_wakes_on_a_change_made_before_it_waits() {
+            let store = $new;
+            put(&store, &[("job", 0)]);
+            let job = k("job");
+            let mut runs = Vec::new();
+            let found = store.transaction().timeout(LIVENESS).run(|tx| {
+                let found = tx.get(&job)?.unwrap();
+                runs.push((tx.attempt(), found));
+                if found > 0 {
+                    return Ok(found);
+                }
+                put(&store, &[("job", 7)]);
+                tx.retry()
+            });
+            assert_eq!(found.expect("woken by the commit before the wait"), 7);
+            assert_eq!(runs, [(1, 0), (2, 7)]);
         }
 
         /// Point 14: `or_else` undoes the first branch's writes when it retries and runs the
@@ -572,7 +594,7 @@ macro_rules! scenarios {
             let (attempt_tx, attempts) = mpsc::channel();
             std::thread::scope(|s| {
                 let waiter = s.spawn(|| {
-                    store.atomically(|tx| {
+                    store.transaction().timeout(LIVENESS).run(|tx| {
                         attempt_tx.send(tx.attempt()).unwrap();
                         tx.or_else(
                             |tx| match tx.get(&main)?.unwrap() {
@@ -588,7 +610,10 @@ macro_rules! scenarios {
                 });
                 assert_eq!(recv(&attempts, "the first run"), 1);
                 put(&store, &[("spare", 1)]);
-                assert_eq!(waiter.join().unwrap(), "spare");
+                assert_eq!(
+                    waiter.join().unwrap().expect("woken by the commit"),
+                    "spare"
+                );
             });
             assert!(
                 attempts.try_iter().count() >= 1,
@@ -852,7 +877,7 @@ macro_rules! scenarios {
                 let (attempt_tx, attempts) = mpsc::channel();
                 std::thread::scope(|s| {
                     let waiter = s.spawn(|| {
-                        store.atomically(|tx| {
+                        store.transaction().timeout(LIVENESS).run(|tx| {
                             let found = tx.get(&job)?;
                             attempt_tx.send((tx.attempt(), found)).unwrap();
                             match found {
@@ -872,11 +897,8 @@ macro_rules! scenarios {
                         }
                         _ => store.atomically(|tx| tx.remove(&k("job"))),
                     }
-                    assert_eq!(
-                        waiter.join().unwrap(),
-                        3,
-                        "remover {remover}: one above the removal"
-                    );
+                    let version = waiter.join().unwrap().expect("woken by the removal");
+                    assert_eq!(version, 3, "remover {remover}: one above the removal");
                 });
                 assert_eq!(
                     attempts.try_iter().collect::<Vec<_>>(),
@@ -970,6 +992,27 @@ macro_rules! scenarios {
                 seen.windows(2).all(|w| w[0] < w[1]),
                 "a version of \"v\" went back: {seen:?}"
             );
+        }
+
+        /// Point 23: a transaction that found a key absent and creates it, while another
+        /// incarnation of the key was created, written and removed in between, does not commit
+        /// below that removal: its first run fails, and its second starts above the removal.
+        #[test]
+        fn p23_a_key_created_by_a_transaction_starts_above_removals_made_meanwhile() {
+            let store = $new;
+            let n = k("n");
+            let mut runs = Vec::new();
+            store.atomically(|tx| {
+                runs.push((tx.attempt(), tx.version(&n)?, tx.get(&n)?));
+                if tx.attempt() == 1 {
+                    put(&store, &[("n", 1)]);
+                    put(&store, &[("n", 2)]);
+                    remove(&store, "n"); // removal version 3
+                }
+                tx.set(&n, 10)
+            });
+            assert_eq!(runs, [(1, 0, None), (2, 4, None)]);
+            assert_eq!(store.dump().rows(), vec![(k("n"), 5, Some(10))]);
         }
 
         /// Point 24: handles, collections and transactions that read "k" before its removal
