@@ -45,6 +45,36 @@ pub fn etcd_store<V>(name: &str) -> EtcdStore<String, V> {
     EtcdStore::connect(endpoints(), fresh_prefix(name)).expect("connect to the test etcd")
 }
 
+/// Raw access to an etcd (the test etcd by default), as "someone else".
+pub fn raw<T>(f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
+    raw_at(&endpoints(), f)
+}
+
+/// Raw access to the etcd at `at`.
+pub fn raw_at<T>(at: &[String], f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect(at, None).await.unwrap();
+        f(&mut client).await
+    })
+}
+
+/// Every etcd key under `prefix` in the test etcd, with its etcd version.
+pub fn etcd_keys(prefix: &str) -> Vec<(Vec<u8>, i64)> {
+    raw(async |c: &mut etcd_client::Client| {
+        let options = etcd_client::GetOptions::new().with_prefix();
+        let response = c.get(prefix, Some(options)).await.unwrap();
+        response
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.version()))
+            .collect()
+    })
+}
+
 pub fn k(s: &str) -> String {
     s.to_string()
 }
