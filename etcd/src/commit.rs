@@ -25,6 +25,9 @@ pub(crate) enum Written {
     /// A compare failed: nothing was written. The answer holds what the transaction's
     /// `or_else` operations read.
     Refused(TxnResponse),
+    /// Its answer was lost, and a resolution made sure that it never lands: nothing was
+    /// written. Send it again (a handle commit), or run the transaction again.
+    Fenced,
 }
 
 /// Why a write transaction has no answer.
@@ -143,11 +146,7 @@ impl<K, V> EtcdStore<K, V> {
                         // The lease expired within this call (an etcd that lost it): the
                         // marker cannot tell any more; never guess.
                         Resolved::Lost => return failed(Error::OutcomeLost),
-                        Resolved::Fenced => {
-                            if !budget.wait().await {
-                                return failed(stm_store::Error::BusyRetry.into());
-                            }
-                        }
+                        Resolved::Fenced => return Ok(Written::Fenced),
                         Resolved::Unknown => {
                             return Err(Unwritten::InDoubt(doubt, Error::OutcomeUnknown))
                         }
@@ -278,20 +277,29 @@ where
                 Err(failure) => Err(failure.into_error()),
             };
         }
-        match self.write(&compares, &writes, &[], &mut budget).await {
-            Ok(Written::Landed(revision)) => {
-                landed(handles, &written, revision);
-                Ok(())
-            }
-            Ok(Written::Refused(_)) => Err(stm_store::Error::ConcurrentUpdate.into()),
-            Err(Unwritten::Failed(e)) => Err(e),
-            Err(Unwritten::InDoubt(sent, e)) => {
-                *doubt = Some(Attempt {
-                    doubt: sent,
-                    written,
-                });
-                Err(e)
-            }
+        loop {
+            return match self.write(&compares, &writes, &[], &mut budget).await {
+                Ok(Written::Landed(revision)) => {
+                    landed(handles, &written, revision);
+                    Ok(())
+                }
+                Ok(Written::Refused(_)) => Err(stm_store::Error::ConcurrentUpdate.into()),
+                // Never landed, and never will: the same commit may be sent again.
+                Ok(Written::Fenced) => {
+                    if budget.wait().await {
+                        continue;
+                    }
+                    Err(stm_store::Error::BusyRetry.into())
+                }
+                Err(Unwritten::Failed(e)) => Err(e),
+                Err(Unwritten::InDoubt(sent, e)) => {
+                    *doubt = Some(Attempt {
+                        doubt: sent,
+                        written,
+                    });
+                    Err(e)
+                }
+            };
         }
     }
 }

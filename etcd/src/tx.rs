@@ -923,6 +923,8 @@ where
             .await
         {
             Ok(Written::Landed(_)) => Ok(true),
+            // Never landed, and now never will: run the closure again.
+            Ok(Written::Fenced) => Ok(false),
             Ok(Written::Refused(response)) => {
                 if !again.is_empty() {
                     let mut kvs = ranges(&response);
