@@ -61,19 +61,99 @@ mod etcd {
     scenarios!(super::Etcd::new(), super::Etcd);
 }
 
-/// The etcd backend's version mapping, seen from etcd's side: contract version = etcd
-/// version - 1 (a key created by a read is etcd version 1, "no value").
+/// Every etcd key under `prefix` but the commit markers, as text after the prefix, with its
+/// value.
+fn etcd_rows(prefix: &str) -> Vec<(String, Vec<u8>)> {
+    common::raw(async |c: &mut etcd_client::Client| {
+        let options = etcd_client::GetOptions::new().with_prefix();
+        let response = c.get(prefix, Some(options)).await.unwrap();
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+                (key, kv.value().to_vec())
+            })
+            .filter(|(key, _)| !key.starts_with("m/"))
+            .collect()
+    })
+}
+
+/// The stored form of a version and value: a tag (0x02 "no value", 0x03 CBOR), the version as
+/// 8 bytes big-endian, then CBOR.
+fn stored(version: u64, value: Option<i64>) -> Vec<u8> {
+    let mut bytes = vec![if value.is_some() { 3 } else { 2 }];
+    bytes.extend_from_slice(&version.to_be_bytes());
+    if let Some(value) = value {
+        ciborium::into_writer(&value, &mut bytes).unwrap();
+    }
+    bytes
+}
+
+/// The mapping seen from etcd's side: a key is one etcd key under `prefix` + `k/` whose value
+/// carries its version; a transaction's read creates nothing, `usevar` creates the key; a
+/// removal deletes the etcd key and raises the store's floor (`prefix` + `f`, the removal's
+/// version), and the key read again starts one above it.
 #[test]
-fn etcd_versions_are_etcd_versions_minus_one() {
-    let store = common::etcd_store::<i64>("mapping");
+fn what_a_store_keeps_in_etcd() {
+    let prefix = common::fresh_prefix("mapping");
+    let store =
+        blocking::EtcdStore::<String, i64>::connect(common::endpoints(), prefix.clone()).unwrap();
+    let a = k("a");
+    assert_eq!(store.atomically(|tx| tx.get(&a)).unwrap(), None);
+    assert_eq!(
+        etcd_rows(&prefix),
+        vec![],
+        "a transaction's read created a key"
+    );
     let mut v = store.usevar(k("a")).unwrap();
-    assert_eq!(v.version(), 0);
+    assert_eq!(etcd_rows(&prefix), vec![(k("k/a"), stored(0, None))]);
+    let early = store.usevar(k("c")).unwrap();
+    assert_eq!(early.version(), 0);
     for expected in 1..=3 {
-        v.set(expected as i64);
+        v.set(expected as i64 * 10);
         v.commit().unwrap();
         assert_eq!(v.version(), expected);
     }
-    assert_eq!(store.dump().rows(), vec![(k("a"), 3, Some(3))]);
+    assert_eq!(
+        etcd_rows(&prefix),
+        vec![(k("k/a"), stored(3, Some(30))), (k("k/c"), stored(0, None))]
+    );
+    v.remove();
+    v.commit().unwrap();
+    assert_eq!(
+        etcd_rows(&prefix),
+        vec![
+            (k("f"), 4u64.to_be_bytes().to_vec()),
+            (k("k/c"), stored(0, None))
+        ],
+        "the removal deleted the key and raised the floor to its version"
+    );
+    // A removal above the floor raises it again.
+    let mut b = store.usevar(k("b")).unwrap();
+    assert_eq!(b.version(), 5);
+    store.atomically(|tx| tx.remove(&k("b"))).unwrap();
+    assert_eq!(
+        etcd_rows(&prefix),
+        vec![
+            (k("f"), 6u64.to_be_bytes().to_vec()),
+            (k("k/c"), stored(0, None))
+        ]
+    );
+    b.set(1);
+    assert_eq!(err(b.commit()), Some(stm_store::Error::ConcurrentUpdate));
+    assert_eq!(store.usevar(k("a")).unwrap().version(), 7);
+    // A removal below the floor (of a key created before it was raised) leaves it as it is.
+    let mut c = early;
+    c.remove();
+    c.commit().unwrap();
+    assert_eq!(
+        etcd_rows(&prefix),
+        vec![
+            (k("f"), 6u64.to_be_bytes().to_vec()),
+            (k("k/a"), stored(7, None))
+        ]
+    );
     // Not a single BusyRetry in this file: the contract's "rare" is "never" on a healthy etcd.
     assert_ne!(err(store.usevar(k("a"))), Some(BusyRetry));
 }
