@@ -557,9 +557,15 @@ where
 }
 
 /// How long a transaction waits after a conflict (a failed commit) before it runs the closure
-/// again: a random wait between half and all of a bound that doubles after each conflict of the
-/// call, from `first` up to `max`. Randomness keeps clients that conflicted together from
-/// meeting again.
+/// again.
+///
+/// The first conflict of a call reruns the closure at once, from the snapshot that the failed
+/// commit read in the same round trip (as etcd's Go STM does): it is as fresh as a new read,
+/// and waiting would only make it stale. From the second conflict on, the transaction waits a
+/// random time between half and all of a bound that starts at `first` and doubles after each
+/// conflict, up to `max`, and then reads afresh. Randomness keeps clients that conflicted
+/// together from meeting again; the wait lets a crowd of clients on the same keys thin out
+/// instead of sending commits that fail (each costs etcd a write to its log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     first: Duration,
@@ -567,14 +573,14 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Waits up to `first` after the first conflict, then up to twice as long after each
-    /// conflict more, up to `max`.
+    /// Waits up to `first` after the second conflict of a call, then up to twice as long after
+    /// each conflict more, up to `max`.
     pub const fn exponential(first: Duration, max: Duration) -> Self {
         Self { first, max }
     }
 
-    /// Runs the closure again at once (the next attempt still starts from the snapshot the
-    /// failed commit read).
+    /// Runs the closure again at once after every conflict, from the snapshot the failed
+    /// commit read.
     pub const fn none() -> Self {
         Self {
             first: Duration::ZERO,
@@ -582,9 +588,9 @@ impl Backoff {
         }
     }
 
-    /// The wait after the `conflicts`-th conflict (from 1), `random` picking within it.
-    fn delay(&self, conflicts: u32, random: u64) -> Duration {
-        let doublings = conflicts.saturating_sub(1).min(30);
+    /// The `n`-th wait of a call (from 1), `random` picking within it.
+    fn delay(&self, n: u32, random: u64) -> Duration {
+        let doublings = n.saturating_sub(1).min(30);
         let bound = self.first.saturating_mul(1 << doublings).min(self.max);
         let half = bound / 2;
         let spread = u64::try_from((bound - half).as_nanos()).unwrap_or(u64::MAX);
@@ -592,11 +598,11 @@ impl Backoff {
     }
 }
 
-/// Up to 1 ms after the first conflict, doubling to 100 ms (a commit costs a millisecond or
-/// more against a local etcd).
+/// At once after the first conflict; then up to 1 ms, doubling to 50 ms (a commit costs a
+/// millisecond or more against a local etcd).
 impl Default for Backoff {
     fn default() -> Self {
-        Self::exponential(Duration::from_millis(1), Duration::from_millis(100))
+        Self::exponential(Duration::from_millis(1), Duration::from_millis(50))
     }
 }
 
@@ -839,7 +845,16 @@ where
         self.random ^= self.random << 13;
         self.random ^= self.random >> 7;
         self.random ^= self.random << 17;
-        let delay = self.backoff.delay(self.conflicts, self.random);
+        // The first conflict reruns at once, from the snapshot the failed commit read: as
+        // fresh as a new read. A wait would make it stale, so after one the next attempt
+        // reads afresh.
+        let delay = match self.conflicts {
+            1 => Duration::ZERO,
+            n => self.backoff.delay(n - 1, self.random),
+        };
+        if !delay.is_zero() {
+            self.snapshot = None;
+        }
         let now = Instant::now();
         match self.deadline {
             Some(deadline) if now + delay >= deadline => {
