@@ -20,6 +20,9 @@
 //! starved by the others would show there). `conflicts/s` counts commits that failed on a
 //! changed key; `trips` is round trips to etcd per landed operation (`EtcdStore::requests`).
 //!
+//! `--backoff none` or `--backoff FIRST_MS,MAX_MS` sets the transactions' [`Backoff`] (default:
+//! at once after the first conflict, then 1 ms doubling to 10 ms).
+//!
 //! ```text
 //! cargo run --release -p stm-store-etcd --example bench -- --endpoints 127.0.0.1:2379 --seconds 3
 //! ```
@@ -29,10 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use stm_store_etcd::{Error, EtcdStore};
+use stm_store_etcd::{Backoff, Error, EtcdStore};
 
 const USAGE: &str = "usage: bench [--endpoints HOST:PORT[,...]] [--seconds S] [--clients 1,4,16] \
-                     [--workloads own,handles,atomically,prefetch]";
+                     [--workloads own,handles,atomically,prefetch] [--backoff none|FIRST_MS,MAX_MS]";
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Workload {
@@ -91,6 +94,7 @@ async fn operation(
     store: &EtcdStore<String, i64>,
     id: usize,
     workload: Workload,
+    backoff: Backoff,
     n: &mut u64,
 ) -> Result<u64, Error> {
     match workload {
@@ -121,7 +125,7 @@ async fn operation(
             let (from, to) = (&from, &to);
             let attempts = AtomicU32::new(0);
             let attempts = &attempts;
-            let mut transaction = store.transaction();
+            let mut transaction = store.transaction().backoff(backoff);
             if workload == Workload::Prefetch {
                 transaction = transaction.prefetch([from.clone(), to.clone()]);
             }
@@ -145,6 +149,7 @@ async fn client(
     prefix: String,
     id: usize,
     workload: Workload,
+    backoff: Backoff,
     start: Arc<tokio::sync::Barrier>,
     seconds: f64,
 ) -> Result<Outcome, Error> {
@@ -158,13 +163,13 @@ async fn client(
     };
     let mut n = id as u64;
     // One operation first (the markers' lease), then everyone connected: measure from here.
-    operation(&store, id, workload, &mut n).await?;
+    operation(&store, id, workload, backoff, &mut n).await?;
     start.wait().await;
     let requests = store.requests();
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     while Instant::now() < until {
         let started = Instant::now();
-        match operation(&store, id, workload, &mut n).await {
+        match operation(&store, id, workload, backoff, &mut n).await {
             Ok(conflicts) => {
                 outcome.done += 1;
                 outcome.conflicts += conflicts;
@@ -193,6 +198,7 @@ fn main() {
         Workload::Atomically,
         Workload::Prefetch,
     ];
+    let mut backoff = Backoff::default();
     let mut args = std::env::args().skip(1);
     let usage = || -> ! {
         eprintln!("{USAGE}");
@@ -214,6 +220,17 @@ fn main() {
                     .split(',')
                     .map(|w| Workload::parse(w).unwrap_or_else(|| usage()))
                     .collect()
+            }
+            "--backoff" => {
+                backoff = match value.split_once(',') {
+                    _ if value == "none" => Backoff::none(),
+                    Some((first, max)) => {
+                        let ms =
+                            |v: &str| Duration::from_millis(v.parse().unwrap_or_else(|_| usage()));
+                        Backoff::exponential(ms(first), ms(max))
+                    }
+                    None => usage(),
+                }
             }
             _ => usage(),
         }
@@ -238,7 +255,9 @@ fn main() {
                     .map(|id| {
                         let start = start.clone();
                         let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
-                        tokio::spawn(client(endpoints, prefix, id, workload, start, seconds))
+                        tokio::spawn(client(
+                            endpoints, prefix, id, workload, backoff, start, seconds,
+                        ))
                     })
                     .collect();
                 start.wait().await;
