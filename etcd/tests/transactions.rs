@@ -50,8 +50,9 @@ fn transfer(tx: &mut blocking::Tx<'_, String, i64>) -> Result<(), TxError> {
 
 /// A transfer reads two keys and commits: three round trips, or two with both keys prefetched
 /// (the first read brings both). A transaction that only reads sends no commit: its reads were
-/// one linearizable snapshot already. A transaction whose commit fails runs again from what
-/// the failed commit read, so its second run sends only its commit.
+/// one linearizable snapshot already. A transaction whose commit fails runs again at once from
+/// what the failed commit read, so its second run sends only its commit; after a second
+/// conflict it waits, and its third run reads both keys again in one request.
 #[test]
 fn round_trips_with_and_without_prefetch() {
     let (store, other) = two_stores("trips");
@@ -108,6 +109,36 @@ fn round_trips_with_and_without_prefetch() {
     assert_eq!(
         store.dump().unwrap(),
         vec![(k("a"), 4, Some(-4)), (k("b"), 5, Some(101))]
+    );
+
+    // Without prefetch, and someone else writes "b" during the first two runs.
+    let mut runs = 0;
+    let ((), twice) = requests(&store, || {
+        store
+            .atomically(|tx| {
+                runs += 1;
+                let x = tx.get(&k("a"))?.unwrap();
+                if runs <= 2 {
+                    let mut b = other.usevar(k("b")).unwrap();
+                    b.set(200 + runs);
+                    b.commit().unwrap();
+                }
+                let y = tx.get(&k("b"))?.unwrap();
+                tx.set(&k("a"), x - 1)?;
+                tx.set(&k("b"), y + 1)
+            })
+            .unwrap()
+    });
+    assert_eq!(runs, 3);
+    assert_eq!(
+        twice,
+        3 + 1 + 2,
+        "run 1: two reads and a failed commit; run 2 (at once, from the snapshot): a failed \
+         commit; run 3 (after a wait): one read for both keys, and the commit"
+    );
+    assert_eq!(
+        store.dump().unwrap(),
+        vec![(k("a"), 5, Some(-5)), (k("b"), 8, Some(203))]
     );
 }
 
