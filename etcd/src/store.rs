@@ -42,7 +42,8 @@ pub struct Options {
     /// at least 4 × (`budget` + `request_timeout`), checked by `connect`).
     /// A new lease is granted when the current one is older than a quarter of this, so a
     /// commit in doubt ([`Error::OutcomeUnknown`]) can be resolved for at least three quarters
-    /// of it after it was sent.
+    /// of it after it was sent. A transaction whose commit is in doubt keeps trying to settle
+    /// it for half of it.
     pub lease_ttl: Duration,
     /// The most operations this store puts in one etcd transaction (default 128, etcd's
     /// default `--max-txn-ops`). `using` reads at most this many keys; a commit holds at most

@@ -532,9 +532,12 @@ where
                 .await?;
             return Ok((None, response.take_kvs().into_iter().next(), Cache::new()));
         }
+        // As many as fit in one etcd transaction with the key and the floor; the others are
+        // read when the closure asks for them.
         let others: Vec<Vec<u8>> = prefetch
             .into_iter()
             .filter(|k| k.as_slice() != etcd_key)
+            .take(store.options.max_txn_ops.saturating_sub(2))
             .collect();
         let mut ops = vec![TxnOp::get(etcd_key.to_vec(), None)];
         ops.extend(others.iter().map(|k| TxnOp::get(k.clone(), None)));
@@ -698,6 +701,8 @@ where
     /// its first read, in the same round trip, instead of one round trip each (etcd's Go STM
     /// calls this `WithPrefetch`). Naming a key that the closure does not read costs a little
     /// bandwidth, nothing more (it is not compared at the commit, nor watched by `retry`).
+    /// One etcd transaction holds at most [`Options::max_txn_ops`](crate::Options) − 2 of
+    /// them (126 by default); any more are read when the closure asks for them.
     pub fn prefetch(mut self, keys: impl IntoIterator<Item = K>) -> Self {
         self.prefetch.extend(keys);
         self
@@ -925,9 +930,10 @@ where
         if let Some(version) = removed {
             writes.push(store.raise_floor(version));
         }
-        // The marker takes one operation more on each side.
+        // Besides a compare and a write per key: the marker on each side, the floor's compare
+        // and its raise. One limit for every writing transaction, whatever it writes.
         let limit = store.options.max_txn_ops;
-        if compares.len() + 1 > limit || writes.len() + 1 > limit {
+        if keys.len() + 3 > limit {
             return Err(Error::TooManyKeys {
                 keys: keys.len(),
                 limit: limit.saturating_sub(3),

@@ -186,6 +186,51 @@ fn too_many_keys_is_a_clear_error() {
         }
     );
     assert_eq!(store.dump().unwrap(), vec![]);
+
+    // A transaction that writes holds at most 125 keys (with its marker, and the floor's
+    // compare and raise, in etcd's 128 operations); one that only reads, any number (it sends
+    // no commit), prefetched or not.
+    let keys: Vec<String> = (0..200).map(|i| format!("{i:03}")).collect();
+    let e = store
+        .transaction()
+        .prefetch(keys.iter().take(126).cloned())
+        .run(|tx| {
+            for key in &keys[..126] {
+                tx.set(key, 1)?;
+            }
+            Ok::<_, stm_store_etcd::TxError>(())
+        })
+        .unwrap_err();
+    assert_eq!(
+        e.error(),
+        Some(&Error::TooManyKeys {
+            keys: 126,
+            limit: 125
+        })
+    );
+    assert_eq!(store.dump().unwrap(), vec![], "nothing written");
+    store
+        .transaction()
+        .prefetch(keys.iter().take(125).cloned())
+        .run(|tx| {
+            for key in &keys[..125] {
+                tx.set(key, 1)?;
+            }
+            Ok::<_, stm_store_etcd::TxError>(())
+        })
+        .unwrap();
+    let total = store
+        .transaction()
+        .prefetch(keys.iter().cloned())
+        .run(|tx| {
+            let mut total = 0;
+            for key in &keys {
+                total += tx.get(key)?.unwrap_or(0);
+            }
+            Ok::<_, stm_store_etcd::TxError>(total)
+        })
+        .unwrap();
+    assert_eq!(total, 125);
 }
 
 /// The blocking API refuses to run inside an async runtime (it would block the runtime's
