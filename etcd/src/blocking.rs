@@ -31,8 +31,8 @@ use tokio::runtime::Runtime;
 use crate::codec::KeyCodec;
 use crate::error::Error;
 use crate::handle::{collection_api, Attempt};
+use crate::run::finish_atomically;
 use crate::store::endpoint_names;
-use crate::tx::finish_atomically;
 use crate::{Backoff, Options, TxError};
 
 /// Panics if called from inside a Tokio runtime (see the [module docs](self)).

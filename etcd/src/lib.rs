@@ -78,6 +78,7 @@ mod codec;
 mod commit;
 mod error;
 mod handle;
+mod run;
 mod store;
 mod tx;
 mod watch;
@@ -85,8 +86,9 @@ mod watch;
 pub use codec::{KeyCodec, KeyCodecError};
 pub use error::Error;
 pub use handle::{Collection, Value};
+pub use run::{Backoff, Transaction};
 pub use store::{EtcdStore, Options};
-pub use tx::{Backoff, Transaction, Tx, TxError};
+pub use tx::{Tx, TxError};
 
 /// The README's examples, compiled as doctests.
 #[doc = include_str!("../README.md")]

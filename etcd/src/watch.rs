@@ -15,9 +15,8 @@ impl<K, V> EtcdStore<K, V> {
     /// for the deadline alone, or forever.
     ///
     /// A watch that breaks (etcd restarting, a lost connection) is set up again from the same
-    /// revision, so nothing is missed; if it cannot be set up again within the budget, the
-    /// wait answers `BusyRetry`. A revision compacted away meanwhile counts as a change (the
-    /// closure runs again and reads anew).
+    /// revision, so nothing is missed, for as long as the wait lasts. A revision compacted
+    /// away meanwhile counts as a change (the closure runs again and reads anew).
     pub(crate) async fn changed(
         &self,
         keys: &[Vec<u8>],
@@ -40,14 +39,17 @@ impl<K, V> EtcdStore<K, V> {
     }
 
     async fn watch(&self, keys: &[Vec<u8>], revision: i64) -> Result<(), Error> {
+        // A wait may be long: an etcd that stops answering meanwhile (restarting, a lost
+        // connection) is waited for too, with the budget's backoff between tries, for as long
+        // as the transaction waits.
         let mut budget = Budget::new(self.options.budget);
         loop {
-            match self.watch_once(keys, revision, &mut budget).await {
+            match self.watch_once(keys, revision).await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fatal(reason)) => return Err(Error::Etcd { reason }),
                 Err(_) => {
                     if !budget.wait().await {
-                        return Err(stm_store::Error::BusyRetry.into());
+                        budget = Budget::new(self.options.budget);
                     }
                 }
             }
@@ -55,13 +57,8 @@ impl<K, V> EtcdStore<K, V> {
     }
 
     /// One watch stream with a watch per key, from `revision + 1`; returns at the first event
-    /// (or compaction). Once it is set up, the budget starts afresh for the next failure.
-    async fn watch_once(
-        &self,
-        keys: &[Vec<u8>],
-        revision: i64,
-        budget: &mut Budget,
-    ) -> Result<(), Failure> {
+    /// (or compaction).
+    async fn watch_once(&self, keys: &[Vec<u8>], revision: i64) -> Result<(), Failure> {
         let options = WatchOptions::new().with_start_revision(revision + 1);
         let mut client = self.watches.clone();
         let (first, more) = keys.split_first().expect("keys to watch");
@@ -76,7 +73,6 @@ impl<K, V> EtcdStore<K, V> {
                 .await
                 .map_err(Failure::from_client)?;
         }
-        *budget = Budget::new(self.options.budget);
         loop {
             match stream.message().await {
                 Ok(Some(response)) => {

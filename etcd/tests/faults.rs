@@ -262,10 +262,10 @@ fn a_stopped_etcd_fails_a_transaction_with_busy_retry() {
 }
 
 /// A transaction whose commit is sent to an etcd that stops before answering: nobody could
-/// commit it again later, so the call itself settles it once etcd answers again (after
-/// `SIGCONT`, or after `SIGKILL` and a restart on the same data): either the commit landed
-/// (the call returns the closure's value) or it is fenced and the closure runs again. Either
-/// way the increment lands exactly once.
+/// commit it again later, so the call itself settles it, past its budget, once etcd answers
+/// again (after `SIGCONT`, or after `SIGKILL` and a restart on the same data): either the
+/// commit landed (the call returns the closure's value) or it is fenced and the closure runs
+/// again. Either way the increment lands exactly once.
 #[test]
 fn a_transaction_commit_in_doubt_is_settled_within_the_call() {
     for kill in [false, true] {
@@ -281,12 +281,13 @@ fn a_transaction_commit_in_doubt_is_settled_within_the_call() {
         let mut attempts = Vec::new();
         let counted = std::thread::scope(|s| {
             s.spawn(|| {
-                // The read, the commit and one try to settle it have been sent: only then
-                // does etcd come back.
+                // The read, the commit, and tries to settle it until the call's budget was
+                // spent (a try per request timeout: two within the budget) and then some: the
+                // call is still settling it after its budget, and only then does etcd come back.
                 wait_for(
-                    "the commit and a try to settle it",
+                    "tries to settle it past the budget",
                     Duration::from_secs(60),
-                    || store.requests() >= before + 3,
+                    || store.requests() >= before + 6,
                 );
                 let mut server = server.lock().unwrap();
                 if kill {
@@ -316,8 +317,9 @@ fn a_transaction_commit_in_doubt_is_settled_within_the_call() {
     }
 }
 
-/// A transaction waiting in `retry` while etcd is killed and restarted: its watch breaks, is
-/// set up again from the same revision, and the commit made after the restart wakes it.
+/// A transaction waiting in `retry` while etcd is killed, down for longer than a call's budget,
+/// and restarted: its watch breaks, is set up again from the same revision once etcd is back,
+/// and the commit made after the restart wakes it.
 #[test]
 fn retry_waits_through_an_etcd_restart() {
     let mut server = EtcdServer::start("tx-retry-restart");
@@ -344,7 +346,13 @@ fn retry_waits_through_an_etcd_restart() {
         wait_for("the watch", Duration::from_secs(60), || {
             store.requests() > mark
         });
-        server.kill_and_restart();
+        server.kill();
+        // Tries to set the watch up again, refused, past the budget (about nine in 2.5 s).
+        let down = store.requests();
+        wait_for("tries past the budget", Duration::from_secs(60), || {
+            store.requests() >= down + 12
+        });
+        server.restart();
         let mut job = store.usevar(k("job")).unwrap();
         job.set(5);
         job.commit().unwrap();

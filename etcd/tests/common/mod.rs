@@ -226,6 +226,12 @@ impl EtcdServer {
         self.spawn();
     }
 
+    /// A new etcd on the same data directory and ports, after [`kill`](Self::kill).
+    pub fn restart(&mut self) {
+        let _one = starting();
+        self.spawn();
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
