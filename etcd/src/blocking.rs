@@ -22,6 +22,7 @@
 //! ```
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,8 +31,9 @@ use tokio::runtime::Runtime;
 use crate::codec::KeyCodec;
 use crate::error::Error;
 use crate::handle::{collection_api, Attempt};
+use crate::run::finish_atomically;
 use crate::store::endpoint_names;
-use crate::Options;
+use crate::{Backoff, Options, TxError};
 
 /// Panics if called from inside a Tokio runtime (see the [module docs](self)).
 #[track_caller]
@@ -114,6 +116,11 @@ impl<K, V> EtcdStore<K, V> {
     /// The options this store was connected with.
     pub fn options(&self) -> &Options {
         self.inner.options()
+    }
+
+    /// How many requests this store has sent to etcd: see [`crate::EtcdStore::requests`].
+    pub fn requests(&self) -> u64 {
+        self.inner.requests()
     }
 }
 
@@ -202,6 +209,67 @@ where
         values.commit()
     }
 
+    /// Runs `f` as one transaction and returns its result: see
+    /// [`crate::EtcdStore::atomically`]. The closure is a plain one here, and [`Tx`]'s calls
+    /// block:
+    ///
+    /// ```no_run
+    /// # let store = stm_store_etcd::blocking::EtcdStore::<String, i64>::connect(["127.0.0.1:2379"], "bank/")?;
+    /// let (alice, bob) = ("alice".to_string(), "bob".to_string());
+    /// store.atomically(|tx| {
+    ///     let a = tx.get(&alice)?.unwrap_or(0);
+    ///     let b = tx.get(&bob)?.unwrap_or(0);
+    ///     tx.set(&alice, a - 30)?;
+    ///     tx.set(&bob, b + 30)
+    /// })?;
+    /// # Ok::<(), stm_store_etcd::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::EtcdStore::atomically`].
+    ///
+    /// # Panics
+    ///
+    /// Inside an async runtime (see the [module docs](self)), or as
+    /// [`crate::EtcdStore::atomically`].
+    #[track_caller]
+    pub fn atomically<'s, T>(
+        &'s self,
+        f: impl FnMut(&mut Tx<'s, K, V>) -> Result<T, TxError>,
+    ) -> Result<T, Error> {
+        outside_runtime("EtcdStore::atomically");
+        finish_atomically(self.transaction().run(f), "blocking::EtcdStore::atomically")
+    }
+
+    /// [`atomically`](EtcdStore::atomically) for a closure with its own error type: see
+    /// [`crate::EtcdStore::try_atomically`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::EtcdStore::try_atomically`].
+    ///
+    /// # Panics
+    ///
+    /// Inside an async runtime (see the [module docs](self)).
+    #[track_caller]
+    pub fn try_atomically<'s, T, E: From<TxError>>(
+        &'s self,
+        f: impl FnMut(&mut Tx<'s, K, V>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        outside_runtime("EtcdStore::try_atomically");
+        self.transaction().run(f)
+    }
+
+    /// A transaction with options (a timeout, a backoff, keys to prefetch): see
+    /// [`crate::EtcdStore::transaction`].
+    pub fn transaction(&self) -> Transaction<'_, K, V> {
+        Transaction {
+            inner: self.inner.transaction(),
+            runtime: &self.runtime,
+        }
+    }
+
     /// Every key with its version and value: see [`crate::EtcdStore::dump`].
     ///
     /// # Errors
@@ -248,6 +316,11 @@ impl<K, V> Value<'_, K, V> {
     /// See [`crate::Value::clear`].
     pub fn clear(&mut self) {
         self.inner.clear();
+    }
+
+    /// See [`crate::Value::remove`].
+    pub fn remove(&mut self) {
+        self.inner.remove();
     }
 
     /// See [`crate::Value::in_doubt`].
@@ -318,3 +391,195 @@ impl<K, V> Collection<'_, K, V> {
 }
 
 collection_api!(Collection, Value, inner.handle);
+
+/// [`crate::Tx`] for synchronous closures: each call blocks until etcd answers.
+pub struct Tx<'s, K, V> {
+    inner: crate::Tx<'s, K, V>,
+    runtime: &'s Runtime,
+}
+
+impl<K, V> fmt::Debug for Tx<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<K, V> Tx<'_, K, V>
+where
+    K: KeyCodec,
+    V: Serialize + DeserializeOwned,
+{
+    /// See [`crate::Tx::get`].
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?`.
+    pub fn get(&mut self, key: &K) -> Result<Option<V>, TxError>
+    where
+        V: Clone,
+    {
+        self.runtime.block_on(self.inner.get(key))
+    }
+
+    /// See [`crate::Tx::exists`].
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?`.
+    pub fn exists(&mut self, key: &K) -> Result<bool, TxError> {
+        self.runtime.block_on(self.inner.exists(key))
+    }
+
+    /// See [`crate::Tx::version`].
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?`.
+    pub fn version(&mut self, key: &K) -> Result<u64, TxError> {
+        self.runtime.block_on(self.inner.version(key))
+    }
+
+    /// See [`crate::Tx::set`].
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?`.
+    pub fn set(&mut self, key: &K, value: V) -> Result<(), TxError> {
+        self.runtime.block_on(self.inner.set(key, value))
+    }
+
+    /// See [`crate::Tx::clear`].
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?`.
+    pub fn clear(&mut self, key: &K) -> Result<(), TxError> {
+        self.runtime.block_on(self.inner.clear(key))
+    }
+
+    /// See [`crate::Tx::remove`].
+    ///
+    /// # Errors
+    ///
+    /// [`TxError`] if this attempt must stop: pass it up with `?`.
+    pub fn remove(&mut self, key: &K) -> Result<(), TxError> {
+        self.runtime.block_on(self.inner.remove(key))
+    }
+}
+
+impl<K, V> Tx<'_, K, V> {
+    /// See [`crate::Tx::retry`].
+    ///
+    /// # Errors
+    ///
+    /// Always: a [`TxError`] that makes the transaction wait.
+    pub fn retry<T>(&mut self) -> Result<T, TxError> {
+        self.inner.retry()
+    }
+
+    /// See [`crate::Tx::or_else`]: runs `first`; if it retries, undoes its writes and runs
+    /// `second` instead, in the same transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Tx::or_else`].
+    pub fn or_else<T, E: From<TxError>>(
+        &mut self,
+        first: impl FnOnce(&mut Self) -> Result<T, E>,
+        second: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mark = self.inner.enter_branch()?;
+        let result = first(self);
+        if !self.inner.leave_branch(mark) {
+            return result;
+        }
+        second(self)
+    }
+
+    /// See [`crate::Tx::attempt`].
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt()
+    }
+}
+
+/// [`crate::Transaction`] for synchronous callers: [`EtcdStore::transaction`], then
+/// [`run`](Transaction::run).
+#[must_use = "a transaction runs only when `run` is called"]
+pub struct Transaction<'s, K, V> {
+    inner: crate::Transaction<'s, K, V>,
+    runtime: &'s Runtime,
+}
+
+impl<K, V> fmt::Debug for Transaction<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<'s, K, V> Transaction<'s, K, V>
+where
+    K: KeyCodec,
+    V: Serialize + DeserializeOwned,
+{
+    /// See [`crate::Transaction::backoff`].
+    pub fn backoff(self, backoff: Backoff) -> Self {
+        Self {
+            inner: self.inner.backoff(backoff),
+            ..self
+        }
+    }
+
+    /// See [`crate::Transaction::deadline`].
+    pub fn deadline(self, deadline: Instant) -> Self {
+        Self {
+            inner: self.inner.deadline(deadline),
+            ..self
+        }
+    }
+
+    /// See [`crate::Transaction::timeout`].
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self {
+            inner: self.inner.timeout(timeout),
+            ..self
+        }
+    }
+
+    /// See [`crate::Transaction::prefetch`].
+    pub fn prefetch(self, keys: impl IntoIterator<Item = K>) -> Self {
+        Self {
+            inner: self.inner.prefetch(keys),
+            ..self
+        }
+    }
+
+    /// Runs `f` as one transaction, as often as it takes: see [`crate::Transaction::run`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Transaction::run`].
+    ///
+    /// # Panics
+    ///
+    /// Inside an async runtime (see the [module docs](self)).
+    #[track_caller]
+    pub fn run<T, E: From<TxError>>(
+        self,
+        mut f: impl FnMut(&mut Tx<'s, K, V>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        outside_runtime("Transaction::run");
+        let runtime = self.runtime;
+        let mut runner = self.inner.runner()?;
+        loop {
+            let tx = runner.start();
+            let mut blocking = Tx {
+                inner: tx.clone(),
+                runtime,
+            };
+            let result = f(&mut blocking);
+            if let Some(done) = runtime.block_on(runner.finish(&tx, result)) {
+                return done;
+            }
+        }
+    }
+}

@@ -131,58 +131,86 @@ macro_rules! signed {
 signed!(i8 => u8, i16 => u16, i32 => u32, i64 => u64, i128 => u128);
 
 /// The first byte of a stored value: "no value" (`clear`, or a key created by a read).
-const NO_VALUE: u8 = 0;
-/// The first byte of a stored value: a CBOR document follows.
-const CBOR: u8 = 1;
+const NO_VALUE: u8 = 2;
+/// The first byte of a stored value: a CBOR document follows the version.
+const CBOR: u8 = 3;
+/// Tag byte, then the contract version (8 bytes, big-endian).
+const HEADER: usize = 9;
 
-/// The bytes etcd stores for "no value".
-pub(crate) fn no_value() -> Vec<u8> {
-    vec![NO_VALUE]
-}
-
-/// The bytes etcd stores for `value`: a tag byte, then CBOR.
-pub(crate) fn encode_value<V: Serialize>(key: &[u8], value: Option<&V>) -> Result<Vec<u8>, Error> {
-    let Some(value) = value else {
-        return Ok(no_value());
-    };
-    let mut bytes = vec![CBOR];
-    ciborium::into_writer(value, &mut bytes).map_err(|e| Error::Encode {
-        key: show_key(key),
-        reason: e.to_string(),
-    })?;
+/// The bytes etcd stores for version `version` of a key with `value` (`None`: "no value"):
+/// a tag byte, the version (8 bytes, big-endian), then CBOR.
+pub(crate) fn encode_value<V: Serialize>(
+    key: &[u8],
+    version: u64,
+    value: Option<&V>,
+) -> Result<Vec<u8>, Error> {
+    let tag = if value.is_some() { CBOR } else { NO_VALUE };
+    let mut bytes = Vec::with_capacity(HEADER + 8);
+    bytes.push(tag);
+    bytes.extend_from_slice(&version.to_be_bytes());
+    if let Some(value) = value {
+        ciborium::into_writer(value, &mut bytes).map_err(|e| Error::Encode {
+            key: show_key(key),
+            reason: e.to_string(),
+        })?;
+    }
     Ok(bytes)
 }
 
-/// The value stored in `bytes` under `key`; never panics.
+/// The version and value stored in `bytes` under `key`; never panics.
 pub(crate) fn decode_value<V: DeserializeOwned>(
     key: &[u8],
     bytes: &[u8],
-) -> Result<Option<V>, Error> {
+) -> Result<(u64, Option<V>), Error> {
     let fail = |reason: String| Error::Decode {
         key: show_key(key),
         reason,
     };
-    match bytes.split_first() {
-        Some((&NO_VALUE, [])) => Ok(None),
-        Some((&CBOR, mut rest)) => {
-            let value = ciborium::from_reader(&mut rest)
-                .map_err(|e| fail(format!("not a CBOR document of the expected type: {e}")))?;
-            if rest.is_empty() {
-                Ok(Some(value))
-            } else {
-                Err(fail(format!("{} bytes after the CBOR document", rest.len())))
-            }
+    let (tag, version, mut rest) = match bytes {
+        [tag @ (NO_VALUE | CBOR), version @ ..] if version.len() >= HEADER - 1 => {
+            let (version, rest) = version.split_at(HEADER - 1);
+            let version = u64::from_be_bytes(version.try_into().expect("8 bytes"));
+            (*tag, version, rest)
         }
-        Some((&NO_VALUE, rest)) => Err(fail(format!(
-            "{} bytes after the \"no value\" tag",
+        [NO_VALUE | CBOR, short @ ..] => {
+            return Err(fail(format!(
+                "{} bytes after the tag, expected at least 8 (the version)",
+                short.len()
+            )))
+        }
+        [tag, ..] => {
+            return Err(fail(format!(
+                "unknown tag byte {tag:#04x} (expected 0x02 \"no value\" or 0x03 CBOR, then the \
+                 version): not written by this version of stm-store-etcd"
+            )))
+        }
+        [] => {
+            return Err(fail(
+                "empty value (expected a tag byte, the version, then CBOR): not written by \
+                 stm-store-etcd"
+                    .into(),
+            ))
+        }
+    };
+    if tag == NO_VALUE {
+        return if rest.is_empty() {
+            Ok((version, None))
+        } else {
+            Err(fail(format!(
+                "{} bytes after a \"no value\" header",
+                rest.len()
+            )))
+        };
+    }
+    let value = ciborium::from_reader(&mut rest)
+        .map_err(|e| fail(format!("not a CBOR document of the expected type: {e}")))?;
+    if rest.is_empty() {
+        Ok((version, Some(value)))
+    } else {
+        Err(fail(format!(
+            "{} bytes after the CBOR document",
             rest.len()
-        ))),
-        Some((tag, _)) => Err(fail(format!(
-            "unknown tag byte {tag:#04x} (expected 0x00 \"no value\" or 0x01 CBOR): not written by stm-store-etcd"
-        ))),
-        None => Err(fail(
-            "empty value (expected 0x00 \"no value\" or 0x01 then CBOR): not written by stm-store-etcd".into(),
-        )),
+        )))
     }
 }
 
@@ -211,28 +239,33 @@ mod tests {
 
     #[test]
     fn values_round_trip_and_bad_bytes_are_errors() {
-        let bytes = encode_value(b"k", Some(&(7u8, "x".to_string()))).unwrap();
+        let bytes = encode_value(b"k", 7, Some(&(7u8, "x".to_string()))).unwrap();
         assert_eq!(
             decode_value::<(u8, String)>(b"k", &bytes).unwrap(),
-            Some((7, "x".into()))
+            (7, Some((7, "x".into())))
         );
-        assert_eq!(decode_value::<i64>(b"k", &no_value()).unwrap(), None);
+        let none = encode_value::<i64>(b"k", u64::MAX, None).unwrap();
+        assert_eq!(none.len(), HEADER);
+        assert_eq!(decode_value::<i64>(b"k", &none).unwrap(), (u64::MAX, None));
         for bad in [
             &b""[..],
-            b"\x00\x00",
             b"\x02",
-            b"\x01",
-            b"\x01\x61",
+            b"\x02\0\0\0\0\0\0\0",
+            b"\x02\0\0\0\0\0\0\0\0\0",
+            b"\x03\0\0\0\0\0\0\0\x01",
+            b"\x03\0\0\0\0\0\0\0\x01\x61",
+            b"\x00",
+            b"\x01\x01",
             b"hello",
         ] {
             let e = decode_value::<i64>(b"k", bad).unwrap_err();
             assert!(matches!(e, Error::Decode { .. }), "{bad:?}: {e}");
         }
-        let mut trailing = encode_value(b"k", Some(&1i64)).unwrap();
+        let mut trailing = encode_value(b"k", 1, Some(&1i64)).unwrap();
         trailing.push(0);
         assert!(decode_value::<i64>(b"k", &trailing).is_err());
         // A string where an integer is expected.
-        let s = encode_value(b"k", Some(&"ten")).unwrap();
+        let s = encode_value(b"k", 1, Some(&"ten")).unwrap();
         assert!(decode_value::<i64>(b"k", &s)
             .unwrap_err()
             .to_string()

@@ -22,12 +22,18 @@ pub enum Error {
     /// what `BusyRetry` means over etcd).
     Contract(stm_store::Error),
     /// A commit whose request reached etcd but whose answer was lost, and etcd did not answer
-    /// again within the call's budget: it may or may not have landed, and it may still land.
-    /// The handles are unchanged and remember the attempt: commit them again (without
-    /// re-reading) and that call first finds out, exactly once, whether the attempt landed
-    /// (`Ok`, the handles then hold what it wrote) or makes sure it never will (then it
-    /// commits anew). Do not re-read and redo the work after this error: that could apply it
-    /// twice.
+    /// again in time to tell: it may or may not have landed, and it may still land (until its
+    /// marker's lease expires).
+    ///
+    /// From handles (after the call's budget): the handles are unchanged and remember the
+    /// attempt: commit them again (without re-reading) and that call first finds out, exactly
+    /// once, whether the attempt landed (`Ok`, the handles then hold what it wrote) or makes
+    /// sure it never will (then it commits anew). Do not re-read and redo the work after this
+    /// error: that could apply it twice.
+    ///
+    /// From a transaction (after trying for half the lease's time to live, or until its
+    /// deadline): nothing can settle it any more; it landed at most once. Read what it would
+    /// have written before running it again.
     OutcomeUnknown,
     /// A commit in doubt ([`Error::OutcomeUnknown`]) was repeated after its marker's lease
     /// expired (see [`Options::lease_ttl`](crate::Options)): it can no longer land, but whether

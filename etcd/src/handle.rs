@@ -134,22 +134,52 @@ macro_rules! collection_api {
 }
 pub(crate) use collection_api;
 
+/// A write to make at the next commit.
+#[derive(Debug, Clone)]
+pub(crate) enum Write<V> {
+    /// A value, or "no value" (`clear`).
+    Value(Option<V>),
+    /// Removal: the key is deleted.
+    Remove,
+}
+
+impl<V> Write<V> {
+    /// What a read sees after this write: a removed key has no value.
+    pub(crate) fn value(&self) -> Option<&V> {
+        match self {
+            Write::Value(value) => value.as_ref(),
+            Write::Remove => None,
+        }
+    }
+}
+
 /// What a handle knows, shared by the async and the blocking handles.
 pub(crate) struct Handle<K, V> {
     pub(crate) key: K,
     pub(crate) etcd_key: Vec<u8>,
-    /// The contract's version (etcd's version - 1).
+    /// etcd's modification revision of the key as read (or as this handle's last commit left
+    /// it): the commit compares it, so any change since, a removal and creation again
+    /// included, fails the commit.
+    pub(crate) revision: i64,
+    /// The contract's version (stored in the value).
     pub(crate) version: u64,
     pub(crate) value: Option<V>,
-    /// The value to write at the next commit (`Some(None)`: "no value").
-    pub(crate) pending: Option<Option<V>>,
+    /// What to write at the next commit.
+    pub(crate) pending: Option<Write<V>>,
 }
 
 impl<K, V> Handle<K, V> {
-    pub(crate) fn new(key: K, etcd_key: Vec<u8>, version: u64, value: Option<V>) -> Self {
+    pub(crate) fn new(
+        key: K,
+        etcd_key: Vec<u8>,
+        revision: i64,
+        version: u64,
+        value: Option<V>,
+    ) -> Self {
         Self {
             key,
             etcd_key,
+            revision,
             version,
             value,
             pending: None,
@@ -157,17 +187,26 @@ impl<K, V> Handle<K, V> {
     }
 
     pub(crate) fn value(&self) -> Option<&V> {
-        self.pending.as_ref().unwrap_or(&self.value).as_ref()
+        match &self.pending {
+            Some(write) => write.value(),
+            None => self.value.as_ref(),
+        }
     }
 }
 
-/// A commit whose outcome is in doubt: its marker key, the marker's lease, and what it wrote
-/// (handle index, encoded value).
-#[derive(Debug)]
-pub(crate) struct Attempt {
+/// A commit whose outcome is in doubt: its marker key and the marker's lease.
+#[derive(Debug, Clone)]
+pub(crate) struct Doubt {
     pub(crate) marker: Vec<u8>,
     pub(crate) lease: i64,
-    pub(crate) written: Vec<(usize, Vec<u8>)>,
+}
+
+/// A handle commit in doubt, and what it wrote (handle index, encoded value or `None` for a
+/// removal).
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    pub(crate) doubt: Doubt,
+    pub(crate) written: Vec<(usize, Option<Vec<u8>>)>,
 }
 
 /// One key as read by [`EtcdStore::usevar`]: its version, its value and a pending write.
@@ -220,13 +259,36 @@ impl<'s, K, V> Value<'s, K, V> {
 
     /// Sets the value to write at the next commit.
     pub fn set(&mut self, value: V) {
-        self.handle.pending = Some(Some(value));
+        self.handle.pending = Some(Write::Value(Some(value)));
     }
 
-    /// Sets "no value" as the value to write at the next commit: a write (etcd stores the
-    /// explicit "no value" encoding; the key is never deleted).
+    /// Sets "no value" as the value to write at the next commit: a write, not an undo (etcd
+    /// stores the explicit "no value" encoding).
     pub fn clear(&mut self) {
-        self.handle.pending = Some(None);
+        self.handle.pending = Some(Write::Value(None));
+    }
+
+    /// Marks the key for removal at the next commit (replacing a pending `set` or `clear`;
+    /// they replace it too). The removal lands with the rest of its commit, atomically: the
+    /// etcd key is deleted, so the key is absent from `dump`, and a transaction reads it as
+    /// having no value. Reading it again with `usevar` or `using` creates a new key, whose
+    /// versions start above every removed one's (see the crate docs: the floor).
+    ///
+    /// After the removal commits, this handle holds the removed key: its version is the
+    /// removal's (one above the version read), with no value, and committing it again answers
+    /// `ConcurrentUpdate` (read the key again instead).
+    ///
+    /// ```no_run
+    /// # async fn demo(store: stm_store_etcd::EtcdStore<String, i64>) -> Result<(), stm_store_etcd::Error> {
+    /// let mut session = store.usevar("session/42".to_string()).await?;
+    /// session.remove();
+    /// session.commit().await?;
+    /// assert!(store.dump().await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn remove(&mut self) {
+        self.handle.pending = Some(Write::Remove);
     }
 
     /// Whether an earlier commit of this handle answered [`Error::OutcomeUnknown`] and is

@@ -1,4 +1,5 @@
-//! The store: the contract's calls as etcd transactions, with bounded retries.
+//! The store: connecting, one request and its retries, the reads (`usevar`, `using`, `dump`)
+//! and the floor that removals raise. Commits are in `commit`, transactions in `tx`.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -8,15 +9,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, LeaseClient,
-    PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, LeaseClient, Txn,
+    TxnOp, TxnOpResponse, TxnResponse, WatchClient,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec::{decode_value, encode_value, no_value, KeyCodec};
+use crate::codec::{decode_value, encode_value, KeyCodec};
 use crate::error::{show_key, Error};
-use crate::handle::{Attempt, Collection, Handle, Value};
+use crate::handle::{Collection, Handle, Value};
 
 /// How long calls wait for etcd, and the limits of one transaction.
 ///
@@ -41,7 +42,8 @@ pub struct Options {
     /// at least 4 × (`budget` + `request_timeout`), checked by `connect`).
     /// A new lease is granted when the current one is older than a quarter of this, so a
     /// commit in doubt ([`Error::OutcomeUnknown`]) can be resolved for at least three quarters
-    /// of it after it was sent.
+    /// of it after it was sent. A transaction whose commit is in doubt keeps trying to settle
+    /// it for half of it.
     pub lease_ttl: Duration,
     /// The most operations this store puts in one etcd transaction (default 128, etcd's
     /// default `--max-txn-ops`). `using` reads at most this many keys; a commit holds at most
@@ -81,21 +83,26 @@ impl Default for Options {
 /// # }
 /// ```
 pub struct EtcdStore<K, V> {
-    kv: KvClient,
-    leases: LeaseClient,
+    pub(crate) kv: KvClient,
+    pub(crate) leases: LeaseClient,
+    pub(crate) watches: WatchClient,
     /// `prefix` + `k/`: the keys.
     keys: Vec<u8>,
     /// `prefix` + `m/`: the commit markers.
-    markers: Vec<u8>,
-    options: Options,
+    pub(crate) markers: Vec<u8>,
+    /// `prefix` + `f`: the floor (see [`Floor`]).
+    floor: Vec<u8>,
+    pub(crate) options: Options,
     /// The lease for markers, and when it was asked for.
-    lease: Mutex<Option<(i64, Instant)>>,
-    /// Names this store's commits (with `commits`).
-    nonce: u64,
-    commits: AtomicU64,
+    pub(crate) lease: Mutex<Option<(i64, Instant)>>,
+    /// Names this store's commits (with `commits`), and seeds the backoff's jitter.
+    pub(crate) nonce: u64,
+    pub(crate) commits: AtomicU64,
+    /// Requests sent, for [`requests`](EtcdStore::requests).
+    requests: AtomicU64,
     /// A request failed and none succeeded since: check that etcd answers before sending a
     /// write (so that an unresponsive etcd gives `BusyRetry`, not a commit in doubt).
-    suspect: AtomicBool,
+    pub(crate) suspect: AtomicBool,
     types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -111,28 +118,37 @@ impl<K, V> std::fmt::Debug for EtcdStore<K, V> {
 /// Why one request failed.
 #[derive(Debug)]
 pub(crate) enum Failure {
+    /// Certainly not applied: nothing listens at the endpoint (connection refused); retrying
+    /// may help once etcd is up.
+    Refused(String),
     /// Certainly not applied (the connection could not be made); retrying may help.
     NotSent(String),
     /// Maybe applied (timed out, connection lost, no leader); retrying may help.
     Ambiguous(String),
     /// The lease named in a put does not exist (expired); certainly not applied.
     LeaseGone,
+    /// A read at a revision that etcd has compacted away; certainly not applied.
+    Compacted,
     /// Certainly not applied, and retrying will not help.
     Fatal(String),
 }
 
 impl Failure {
-    fn from_client(e: etcd_client::Error) -> Self {
+    pub(crate) fn from_client(e: etcd_client::Error) -> Self {
         use etcd_client::Error as E;
         match e {
             E::GRpcStatus(status) => {
                 use tonic::Code;
                 let message = status.message().to_string();
-                if connect_failed(&status) {
+                if refused(&status) {
+                    return Failure::Refused(status.to_string());
+                }
+                if status.message().contains("tcp connect error") {
                     return Failure::NotSent(status.to_string());
                 }
                 match status.code() {
                     Code::NotFound if message.contains("lease not found") => Failure::LeaseGone,
+                    Code::OutOfRange if message.contains("compacted") => Failure::Compacted,
                     Code::Unavailable
                     | Code::DeadlineExceeded
                     | Code::Cancelled
@@ -151,14 +167,18 @@ impl Failure {
 
     fn reason(&self) -> String {
         match self {
-            Failure::NotSent(r) | Failure::Ambiguous(r) | Failure::Fatal(r) => r.clone(),
+            Failure::Refused(r)
+            | Failure::NotSent(r)
+            | Failure::Ambiguous(r)
+            | Failure::Fatal(r) => r.clone(),
             Failure::LeaseGone => "lease not found".into(),
+            Failure::Compacted => "the revision read was compacted".into(),
         }
     }
 }
 
-/// Whether the failure happened while connecting (so the request was never sent).
-fn connect_failed(status: &tonic::Status) -> bool {
+/// Whether the connection was refused (nothing listens there, so the request was never sent).
+fn refused(status: &tonic::Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -168,26 +188,30 @@ fn connect_failed(status: &tonic::Status) -> bool {
         }
         source = e.source();
     }
-    let text = status.message();
-    text.contains("tcp connect error") || text.contains("Connection refused")
+    status.message().contains("Connection refused")
 }
 
-/// Waits between retries: 20 ms, doubling to 500 ms, never past the deadline.
-struct Backoff {
+/// A call's retry budget: waits between retries, 20 ms doubling to 500 ms, never past the
+/// deadline.
+pub(crate) struct Budget {
     deadline: Instant,
     next: Duration,
 }
 
-impl Backoff {
-    fn new(budget: Duration) -> Self {
+impl Budget {
+    pub(crate) fn new(budget: Duration) -> Self {
+        Self::until(Instant::now() + budget)
+    }
+
+    pub(crate) fn until(deadline: Instant) -> Self {
         Self {
-            deadline: Instant::now() + budget,
+            deadline,
             next: Duration::from_millis(20),
         }
     }
 
     /// Waits before the next try; `false` when the budget is spent (do not try again).
-    async fn wait(&mut self) -> bool {
+    pub(crate) async fn wait(&mut self) -> bool {
         let now = Instant::now();
         if now >= self.deadline {
             return false;
@@ -197,23 +221,10 @@ impl Backoff {
         true
     }
 
-    fn spent(&self) -> bool {
+    pub(crate) fn spent(&self) -> bool {
         Instant::now() >= self.deadline
     }
 }
-
-/// How a commit in doubt turned out.
-enum Resolved {
-    Landed,
-    /// Did not land, and now never will.
-    Fenced,
-    Unknown,
-    Lost,
-    Fatal(String),
-}
-
-const LANDED: &[u8] = b"committed";
-const FENCED: &[u8] = b"fenced";
 
 impl<K, V> EtcdStore<K, V> {
     /// Connects to etcd with the default [`Options`] and checks that it answers. Keys live
@@ -293,23 +304,32 @@ impl<K, V> EtcdStore<K, V> {
         let store = Self {
             kv: client.kv_client(),
             leases: client.lease_client(),
+            watches: client.watch_client(),
             keys: [&prefix[..], b"k/"].concat(),
             markers: [&prefix[..], b"m/"].concat(),
+            floor: [&prefix[..], b"f"].concat(),
             options,
             lease: Mutex::new(None),
             nonce: hasher.finish(),
             commits: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             suspect: AtomicBool::new(false),
             types: PhantomData,
         };
-        // The client connects lazily: ask etcd something to know that it answers.
-        let mut backoff = Backoff::new(store.options.budget);
+        // The client connects lazily: ask etcd something to know that it answers. Nothing
+        // listening there is an answer too: waiting for the budget would only delay it.
+        let mut budget = Budget::new(store.options.budget);
         loop {
             match store.probe().await {
                 Ok(()) => return Ok(store),
                 Err(Failure::Fatal(reason)) => return Err(fail(reason)),
+                Err(Failure::Refused(reason)) => {
+                    return Err(fail(format!(
+                        "connection refused: is etcd running and listening there? ({reason})"
+                    )))
+                }
                 Err(failure) => {
-                    if !backoff.wait().await {
+                    if !budget.wait().await {
                         return Err(fail(format!(
                             "no answer within {:?} (last: {})",
                             store.options.budget,
@@ -326,12 +346,22 @@ impl<K, V> EtcdStore<K, V> {
         &self.options
     }
 
+    /// How many requests this store has sent to etcd since it connected: reads, commits,
+    /// retries, lease grants, watches set up. Each is a round trip (at least), so this is
+    /// what a piece of code costs over the network: a transaction that reads two keys and
+    /// writes them costs three (two reads and the commit), or two with the keys named to
+    /// [`Transaction::prefetch`](crate::Transaction::prefetch).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     /// One request, with the request timeout; any success clears `suspect`, any failure
     /// that may pass sets it.
-    async fn request<T, F>(&self, call: F) -> Result<T, Failure>
+    pub(crate) async fn request<T, F>(&self, call: F) -> Result<T, Failure>
     where
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let answer = match tokio::time::timeout(self.options.request_timeout, call).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(Failure::from_client(e)),
@@ -342,7 +372,7 @@ impl<K, V> EtcdStore<K, V> {
         };
         match &answer {
             Ok(_) => self.suspect.store(false, Ordering::Relaxed),
-            Err(Failure::NotSent(_) | Failure::Ambiguous(_)) => {
+            Err(Failure::Refused(_) | Failure::NotSent(_) | Failure::Ambiguous(_)) => {
                 self.suspect.store(true, Ordering::Relaxed)
             }
             Err(_) => {}
@@ -350,13 +380,37 @@ impl<K, V> EtcdStore<K, V> {
         answer
     }
 
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse, Failure> {
+    /// A request that may be repeated (a read, a validation) until it gets an answer or the
+    /// budget is spent (`BusyRetry`). A compacted revision is [`Error::Etcd`]; callers that
+    /// read at a revision catch [`Failure::Compacted`] themselves.
+    pub(crate) async fn idempotent<T, F, Fut>(&self, mut call: F) -> Result<T, Failure>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let mut budget = Budget::new(self.options.budget);
+        loop {
+            match call().await {
+                Ok(answer) => return Ok(answer),
+                Err(failure @ (Failure::Fatal(_) | Failure::Compacted | Failure::LeaseGone)) => {
+                    return Err(failure)
+                }
+                Err(failure) => {
+                    if !budget.wait().await {
+                        return Err(failure);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, Failure> {
         let mut kv = self.kv.clone();
         self.request(async move { kv.txn(txn).await }).await
     }
 
     /// A cheap read: does etcd answer (linearizable, so it needs a leader)?
-    async fn probe(&self) -> Result<(), Failure> {
+    pub(crate) async fn probe(&self) -> Result<(), Failure> {
         let mut kv = self.kv.clone();
         let key = [&self.markers[..], b"probe"].concat();
         self.request(async move { kv.get(key, None).await })
@@ -364,37 +418,7 @@ impl<K, V> EtcdStore<K, V> {
             .map(drop)
     }
 
-    /// The lease for commit markers: the current one, or a new one when it is older than a
-    /// quarter of its time to live.
-    async fn marker_lease(&self) -> Result<i64, Failure> {
-        let ttl = self.options.lease_ttl;
-        if let Some((id, asked)) = *self.lease.lock().unwrap_or_else(|e| e.into_inner()) {
-            if asked.elapsed() < ttl / 4 {
-                return Ok(id);
-            }
-        }
-        let asked = Instant::now();
-        let mut leases = self.leases.clone();
-        let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let granted = self
-            .request(async move { leases.grant(seconds, None).await })
-            .await?;
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((granted.id(), asked));
-        Ok(granted.id())
-    }
-
-    fn forget_lease(&self) {
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    fn next_marker(&self) -> Vec<u8> {
-        let n = self.commits.fetch_add(1, Ordering::Relaxed);
-        let mut marker = self.markers.clone();
-        marker.extend_from_slice(format!("{:016x}-{n:x}", self.nonce).as_bytes());
-        marker
-    }
-
-    fn etcd_key(&self, key: &K) -> Result<Vec<u8>, Error>
+    pub(crate) fn etcd_key(&self, key: &K) -> Result<Vec<u8>, Error>
     where
         K: KeyCodec,
     {
@@ -410,8 +434,34 @@ pub(crate) fn endpoint_names<E: AsRef<str>>(endpoints: &[E]) -> Vec<String> {
     endpoints.iter().map(|e| e.as_ref().to_string()).collect()
 }
 
+/// The floor: the highest version that a removal gave a key of this store (a removal is a
+/// version, one above the removed key's last), kept in the etcd key `prefix` + `f` as 8 bytes,
+/// big-endian. etcd forgets everything about a deleted key, so this is what keeps a key's
+/// versions from going back: a key created after removals starts one above the floor. Every
+/// removal raises it in its own commit (never lowers it), and every creation compares it, so a
+/// removal between a creator's read and its write makes the creator read again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Floor {
+    /// The highest removal version so far (0: no key was ever removed).
+    pub(crate) value: u64,
+    /// The floor key's modification revision (0: it does not exist).
+    pub(crate) revision: i64,
+}
+
+impl Floor {
+    /// The version of a key created at this floor: 0 in a store that never removed a key, else
+    /// one above the highest removal.
+    pub(crate) fn first_version(&self) -> u64 {
+        if self.value == 0 {
+            0
+        } else {
+            self.value.saturating_add(1)
+        }
+    }
+}
+
 /// The first key-value of each range response, in order.
-fn ranges(response: &TxnResponse) -> Vec<Option<KeyValue>> {
+pub(crate) fn ranges(response: &TxnResponse) -> Vec<Option<KeyValue>> {
     response
         .op_responses()
         .into_iter()
@@ -422,12 +472,68 @@ fn ranges(response: &TxnResponse) -> Vec<Option<KeyValue>> {
         .collect()
 }
 
-/// The contract's version and value of a key read from etcd. A key that exists has etcd
-/// version >= 1 (its creation by a read wrote "no value" at etcd version 1): contract version
-/// = etcd version - 1.
-fn decode_read<V: DeserializeOwned>(kv: &KeyValue) -> Result<(u64, Option<V>), Error> {
-    let version = u64::try_from(kv.version()).unwrap_or(0).saturating_sub(1);
-    Ok((version, decode_value(kv.key(), kv.value())?))
+/// The revision a transaction's answer is at.
+pub(crate) fn revision_of(response: &TxnResponse) -> i64 {
+    response.header().map_or(0, |h| h.revision())
+}
+
+/// The etcd key's modification revision, version and value (contract version, from the value).
+pub(crate) fn decode_read<V: DeserializeOwned>(
+    kv: &KeyValue,
+) -> Result<(i64, u64, Option<V>), Error> {
+    let (version, value) = decode_value(kv.key(), kv.value())?;
+    Ok((kv.mod_revision(), version, value))
+}
+
+impl<K, V> EtcdStore<K, V> {
+    /// A read of the floor, to put in a transaction.
+    pub(crate) fn get_floor(&self) -> TxnOp {
+        TxnOp::get(self.floor.clone(), None)
+    }
+
+    /// The floor from the answer to [`get_floor`](Self::get_floor).
+    pub(crate) fn floor_from(&self, kv: Option<&KeyValue>) -> Result<Floor, Error> {
+        let Some(kv) = kv else {
+            return Ok(Floor::default());
+        };
+        let value = <[u8; 8]>::try_from(kv.value()).map_err(|_| Error::Decode {
+            key: show_key(kv.key()),
+            reason: format!(
+                "the floor is {} bytes, expected 8 (a big-endian version)",
+                kv.value().len()
+            ),
+        })?;
+        Ok(Floor {
+            value: u64::from_be_bytes(value),
+            revision: kv.mod_revision(),
+        })
+    }
+
+    /// A compare that holds while the floor is as read.
+    pub(crate) fn floor_unchanged(&self, floor: &Floor) -> Compare {
+        Compare::mod_revision(self.floor.clone(), CompareOp::Equal, floor.revision)
+    }
+
+    /// An operation that raises the floor to `to` unless it is higher already: a nested
+    /// transaction (etcd compares values byte by byte, and big-endian bytes of equal length
+    /// compare as the numbers do), so removals never conflict with each other over it.
+    pub(crate) fn raise_floor(&self, to: u64) -> TxnOp {
+        let bytes = to.to_be_bytes().to_vec();
+        let put = || TxnOp::put(self.floor.clone(), bytes.clone(), None);
+        let higher = Txn::new()
+            .when([Compare::value(
+                self.floor.clone(),
+                CompareOp::Less,
+                bytes.clone(),
+            )])
+            .and_then([put()]);
+        TxnOp::txn(
+            Txn::new()
+                .when([Compare::version(self.floor.clone(), CompareOp::Equal, 0)])
+                .and_then([put()])
+                .or_else([TxnOp::txn(higher)]),
+        )
+    }
 }
 
 impl<K, V> EtcdStore<K, V>
@@ -530,23 +636,17 @@ where
     /// `BusyRetry` when etcd did not answer within the budget; [`Error::KeyCodec`] or
     /// [`Error::Decode`] for a key or value under the prefix that does not convert.
     pub async fn dump(&self) -> Result<Vec<(K, u64, Option<V>)>, Error> {
-        let mut backoff = Backoff::new(self.options.budget);
-        let kvs = loop {
-            let mut kv = self.kv.clone();
-            let prefix = self.keys.clone();
-            let options = GetOptions::new().with_prefix();
-            match self
-                .request(async move { kv.get(prefix, Some(options)).await })
-                .await
-            {
-                Ok(mut response) => break response.take_kvs(),
-                Err(Failure::Fatal(reason)) => return Err(Error::Etcd { reason }),
-                Err(_) => {
-                    if !backoff.wait().await {
-                        return Err(stm_store::Error::BusyRetry.into());
-                    }
-                }
-            }
+        let kvs = match self
+            .idempotent(|| {
+                let mut kv = self.kv.clone();
+                let prefix = self.keys.clone();
+                let options = GetOptions::new().with_prefix();
+                self.request(async move { kv.get(prefix, Some(options)).await })
+            })
+            .await
+        {
+            Ok(mut response) => response.take_kvs(),
+            Err(failure) => return Err(failure.into_error()),
         };
         let mut rows = kvs
             .iter()
@@ -555,7 +655,7 @@ where
                     K::decode_key(&kv.key()[self.keys.len()..]).map_err(|e| Error::KeyCodec {
                         reason: format!("etcd key {}: {e}", show_key(kv.key())),
                     })?;
-                let (version, value) = decode_read(kv)?;
+                let (_, version, value) = decode_read(kv)?;
                 Ok((key, version, value))
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -571,10 +671,11 @@ where
             .collect::<Result<Vec<_>, Error>>()?;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         entries.dedup_by(|a, b| a.0 == b.0);
-        if entries.len() > self.options.max_txn_ops {
+        // One more operation reads (or compares) the floor.
+        if entries.len() + 1 > self.options.max_txn_ops {
             return Err(Error::TooManyKeys {
                 keys: entries.len(),
-                limit: self.options.max_txn_ops,
+                limit: self.options.max_txn_ops - 1,
             });
         }
         if entries.is_empty() {
@@ -585,61 +686,65 @@ where
         let mut handles = entries
             .into_iter()
             .zip(found)
-            .map(|((etcd_key, key), (version, value))| Handle::new(key, etcd_key, version, value))
+            .map(|((etcd_key, key), (revision, version, value))| {
+                Handle::new(key, etcd_key, revision, version, value)
+            })
             .collect::<Vec<_>>();
         handles.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(handles)
     }
 
-    /// The (version, value) of each key, from one transaction; keys that do not exist are
-    /// created ("no value", etcd version 1) in the transaction that reads the others.
-    async fn read_creating(&self, keys: &[Vec<u8>]) -> Result<Vec<(u64, Option<V>)>, Error> {
+    /// The (modification revision, version, value) of each key, from one transaction; keys that
+    /// do not exist are created ("no value", at the floor's first version) in the transaction
+    /// that reads the others.
+    async fn read_creating(&self, keys: &[Vec<u8>]) -> Result<Vec<(i64, u64, Option<V>)>, Error> {
         let gets = |which: &mut dyn Iterator<Item = &Vec<u8>>| -> Vec<TxnOp> {
             which.map(|k| TxnOp::get(k.clone(), None)).collect()
         };
-        let mut backoff = Backoff::new(self.options.budget);
-        // The first transaction only reads; later ones also create what was missing.
-        let mut found: Option<Vec<Option<KeyValue>>> = None;
+        let mut budget = Budget::new(self.options.budget);
+        // The first transaction only reads; later ones also create what was missing. Each
+        // reads the floor last.
+        let mut found: Option<(Vec<Option<KeyValue>>, Floor)> = None;
         loop {
             let attempt = match &found {
-                None => self
-                    .txn(Txn::new().and_then(gets(&mut keys.iter())))
-                    .await
-                    .map(|r| ranges(&r)),
-                Some(known) => {
-                    let missing: Vec<usize> =
-                        (0..keys.len()).filter(|&i| known[i].is_none()).collect();
-                    let compares: Vec<Compare> = missing
-                        .iter()
-                        .map(|&i| Compare::version(keys[i].clone(), CompareOp::Equal, 0))
-                        .collect();
-                    let mut create: Vec<TxnOp> = missing
-                        .iter()
-                        .map(|&i| TxnOp::put(keys[i].clone(), no_value(), None))
-                        .collect();
-                    let present: Vec<usize> =
-                        (0..keys.len()).filter(|&i| known[i].is_some()).collect();
-                    create.extend(gets(&mut present.iter().map(|&i| &keys[i])));
-                    let txn = Txn::new()
-                        .when(compares)
-                        .and_then(create)
-                        .or_else(gets(&mut keys.iter()));
+                None => {
+                    let mut ops = gets(&mut keys.iter());
+                    ops.push(self.get_floor());
+                    self.txn(Txn::new().and_then(ops)).await.map(|r| ranges(&r))
+                }
+                Some((known, floor)) => {
+                    // Creates the missing keys if nothing read has changed: the present keys
+                    // keep their revisions, the missing ones are still missing, the floor is
+                    // as read. Then everything read holds at this transaction's revision.
+                    let first = floor.first_version();
+                    let mut compares = Vec::with_capacity(keys.len() + 1);
+                    let mut create = Vec::new();
+                    for (key, kv) in keys.iter().zip(known) {
+                        let revision = kv.as_ref().map_or(0, KeyValue::mod_revision);
+                        compares.push(Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            revision,
+                        ));
+                        if kv.is_none() {
+                            let bytes = encode_value::<V>(key, first, None)?;
+                            create.push(TxnOp::put(key.clone(), bytes, None));
+                        }
+                    }
+                    compares.push(self.floor_unchanged(floor));
+                    let mut again = gets(&mut keys.iter());
+                    again.push(self.get_floor());
+                    let txn = Txn::new().when(compares).and_then(create).or_else(again);
                     match self.txn(txn).await {
                         Ok(response) if response.succeeded() => {
-                            // Created keys read as etcd version 1, "no value": contract (0, None).
-                            let mut read = ranges(&response).into_iter();
-                            let mut out = Vec::with_capacity(keys.len());
-                            for was in known {
-                                if was.is_some() {
-                                    match read.next().flatten() {
-                                        Some(kv) => out.push(decode_read(&kv)?),
-                                        None => out.push((0, None)),
-                                    }
-                                } else {
-                                    out.push((0, None));
-                                }
-                            }
-                            return Ok(out);
+                            let created = revision_of(&response);
+                            return known
+                                .iter()
+                                .map(|kv| match kv {
+                                    Some(kv) => decode_read(kv),
+                                    None => Ok((created, first, None)),
+                                })
+                                .collect();
                         }
                         Ok(response) => Ok(ranges(&response)),
                         Err(failure) => Err(failure),
@@ -647,209 +752,26 @@ where
                 }
             };
             match attempt {
-                Ok(read) => {
+                Ok(mut read) => {
+                    let floor = self.floor_from(read.pop().flatten().as_ref())?;
                     if read.iter().all(Option::is_some) {
                         return read.iter().flatten().map(decode_read).collect();
                     }
                     // A value that does not decode fails the call before anything is created.
                     for kv in read.iter().flatten() {
-                        decode_read::<V>(kv)?;
+                        decode_value::<V>(kv.key(), kv.value())?;
                     }
-                    // Someone else may create a key between two tries; then try again
-                    // at once (each try creates or finds at least one key more).
-                    found = Some(read);
-                    if backoff.spent() {
+                    // Someone else may create or remove a key, or move the floor, between two
+                    // tries; then try again at once (each try sees a later revision).
+                    found = Some((read, floor));
+                    if budget.spent() {
                         return Err(stm_store::Error::BusyRetry.into());
                     }
                 }
                 Err(Failure::Fatal(reason)) => return Err(Error::Etcd { reason }),
                 Err(_) => {
-                    if !backoff.wait().await {
+                    if !budget.wait().await {
                         return Err(stm_store::Error::BusyRetry.into());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Commits `handles` in one transaction (see the crate docs for the mapping), first
-    /// resolving an earlier attempt in doubt.
-    pub(crate) async fn commit_handles(
-        &self,
-        handles: &mut [&mut Handle<K, V>],
-        doubt: &mut Option<Attempt>,
-    ) -> Result<(), Error> {
-        let mut backoff = Backoff::new(self.options.budget);
-        if let Some(attempt) = doubt.take() {
-            match self.resolve(&attempt, &mut backoff).await {
-                Resolved::Landed => {
-                    landed_earlier(handles, &attempt.written);
-                    return Ok(());
-                }
-                Resolved::Fenced => {}
-                Resolved::Unknown => {
-                    *doubt = Some(attempt);
-                    return Err(Error::OutcomeUnknown);
-                }
-                Resolved::Lost => return Err(Error::OutcomeLost),
-                Resolved::Fatal(reason) => {
-                    *doubt = Some(attempt);
-                    return Err(Error::Etcd { reason });
-                }
-            }
-        }
-        if handles.is_empty() {
-            return Ok(());
-        }
-        if handles.len() + 1 > self.options.max_txn_ops {
-            return Err(Error::TooManyKeys {
-                keys: handles.len(),
-                limit: self.options.max_txn_ops - 1,
-            });
-        }
-        let mut written = Vec::new();
-        for (i, handle) in handles.iter().enumerate() {
-            if let Some(pending) = &handle.pending {
-                written.push((i, encode_value(&handle.etcd_key, pending.as_ref())?));
-            }
-        }
-        let mut compares: Vec<Compare> = handles
-            .iter()
-            .map(|h| {
-                let etcd_version = i64::try_from(h.version + 1).unwrap_or(i64::MAX);
-                Compare::version(h.etcd_key.clone(), CompareOp::Equal, etcd_version)
-            })
-            .collect();
-        if written.is_empty() {
-            // Only validation: idempotent, so any failure may simply be retried.
-            loop {
-                match self.txn(Txn::new().when(compares.clone())).await {
-                    Ok(response) if response.succeeded() => return Ok(()),
-                    Ok(_) => return Err(stm_store::Error::ConcurrentUpdate.into()),
-                    Err(Failure::Fatal(reason)) => return Err(Error::Etcd { reason }),
-                    Err(_) => {
-                        if !backoff.wait().await {
-                            return Err(stm_store::Error::BusyRetry.into());
-                        }
-                    }
-                }
-            }
-        }
-        loop {
-            let ready = if self.suspect.load(Ordering::Relaxed) {
-                self.probe().await
-            } else {
-                Ok(())
-            };
-            let lease = match ready {
-                Ok(()) => self.marker_lease().await,
-                Err(failure) => Err(failure),
-            };
-            let lease = match lease {
-                Ok(lease) => lease,
-                Err(Failure::Fatal(reason)) => return Err(Error::Etcd { reason }),
-                Err(_) => {
-                    if !backoff.wait().await {
-                        return Err(stm_store::Error::BusyRetry.into());
-                    }
-                    continue;
-                }
-            };
-            let marker = self.next_marker();
-            let mut when = compares.clone();
-            when.push(Compare::version(marker.clone(), CompareOp::Equal, 0));
-            let mut then: Vec<TxnOp> = written
-                .iter()
-                .map(|(i, bytes)| TxnOp::put(handles[*i].etcd_key.clone(), bytes.clone(), None))
-                .collect();
-            then.push(TxnOp::put(
-                marker.clone(),
-                LANDED,
-                Some(PutOptions::new().with_lease(lease)),
-            ));
-            match self.txn(Txn::new().when(when).and_then(then)).await {
-                Ok(response) if response.succeeded() => {
-                    landed(handles, &written);
-                    return Ok(());
-                }
-                // The marker is new, so a failed compare is one of the keys.
-                Ok(_) => return Err(stm_store::Error::ConcurrentUpdate.into()),
-                Err(Failure::LeaseGone) => self.forget_lease(),
-                Err(Failure::Fatal(reason)) => return Err(Error::Etcd { reason }),
-                Err(Failure::NotSent(_)) => {
-                    if !backoff.wait().await {
-                        return Err(stm_store::Error::BusyRetry.into());
-                    }
-                }
-                Err(Failure::Ambiguous(_)) => {
-                    let attempt = Attempt {
-                        marker,
-                        lease,
-                        written,
-                    };
-                    match self.resolve(&attempt, &mut backoff).await {
-                        Resolved::Landed => {
-                            landed(handles, &attempt.written);
-                            return Ok(());
-                        }
-                        // The lease expired within this call (an etcd that lost it): the
-                        // marker cannot tell any more; never guess.
-                        Resolved::Lost => return Err(Error::OutcomeLost),
-                        Resolved::Fenced => {
-                            written = attempt.written;
-                            if !backoff.wait().await {
-                                return Err(stm_store::Error::BusyRetry.into());
-                            }
-                        }
-                        Resolved::Unknown => {
-                            *doubt = Some(attempt);
-                            return Err(Error::OutcomeUnknown);
-                        }
-                        Resolved::Fatal(reason) => {
-                            *doubt = Some(attempt);
-                            return Err(Error::Etcd { reason });
-                        }
-                    }
-                }
-            }
-            compares.truncate(handles.len());
-        }
-    }
-
-    /// Finds out whether the attempt landed, or makes sure it never will: one transaction
-    /// writes the marker as "fenced" unless the commit wrote it (the commit's own transaction
-    /// requires the marker to be absent, so exactly one of the two can win).
-    async fn resolve(&self, attempt: &Attempt, backoff: &mut Backoff) -> Resolved {
-        loop {
-            let txn = Txn::new()
-                .when([Compare::version(
-                    attempt.marker.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then([TxnOp::put(
-                    attempt.marker.clone(),
-                    FENCED,
-                    Some(PutOptions::new().with_lease(attempt.lease)),
-                )])
-                .or_else([TxnOp::get(attempt.marker.clone(), None)]);
-            match self.txn(txn).await {
-                Ok(response) if response.succeeded() => return Resolved::Fenced,
-                Ok(response) => {
-                    return match ranges(&response).into_iter().flatten().next() {
-                        Some(kv) if kv.value() == LANDED => Resolved::Landed,
-                        Some(_) => Resolved::Fenced,
-                        // Cannot happen: the compare saw it exist in this transaction.
-                        None => Resolved::Unknown,
-                    };
-                }
-                // The lease expired: the attempt (whose marker needs it) can no longer land,
-                // and its marker, if it landed, expired with it.
-                Err(Failure::LeaseGone) => return Resolved::Lost,
-                Err(Failure::Fatal(reason)) => return Resolved::Fatal(reason),
-                Err(_) => {
-                    if !backoff.wait().await {
-                        return Resolved::Unknown;
                     }
                 }
             }
@@ -857,34 +779,13 @@ where
     }
 }
 
-/// After a commit of this call landed: each written handle takes its pending value and
-/// version + 1.
-fn landed<K, V>(handles: &mut [&mut Handle<K, V>], written: &[(usize, Vec<u8>)]) {
-    for (i, _) in written {
-        let handle = &mut handles[*i];
-        if let Some(pending) = handle.pending.take() {
-            handle.value = pending;
+impl Failure {
+    /// The error a call answers once it gives up on this failure: a final one as itself,
+    /// anything that may pass as `BusyRetry` (nothing was written).
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            Failure::Fatal(reason) => Error::Etcd { reason },
+            _ => stm_store::Error::BusyRetry.into(),
         }
-        handle.version += 1;
-    }
-}
-
-/// After an attempt of an earlier call, in doubt until now, turned out to have landed: each
-/// written handle takes what was written and version + 1.
-fn landed_earlier<K, V: DeserializeOwned>(
-    handles: &mut [&mut Handle<K, V>],
-    written: &[(usize, Vec<u8>)],
-) {
-    for (i, bytes) in written {
-        let handle = &mut handles[*i];
-        let pending = handle.pending.take();
-        // What was written, decoded back (the handle's pending value may have been changed
-        // since an attempt in doubt was sent); a type whose serde does not round-trip keeps
-        // its pending value.
-        handle.value = match decode_value(&handle.etcd_key, bytes) {
-            Ok(value) => value,
-            Err(_) => pending.flatten(),
-        };
-        handle.version += 1;
     }
 }

@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{endpoints, fresh_prefix, k};
-use etcd_client::{Client, GetOptions};
+use common::{endpoints, etcd_keys, fresh_prefix, k, raw};
+use etcd_client::Client;
 use stm_store_etcd::blocking::EtcdStore;
 use stm_store_etcd::{Error, KeyCodec, KeyCodecError, Options};
 
@@ -17,35 +17,11 @@ fn quick() -> Options {
     }
 }
 
-/// Raw access to the test etcd, as "someone else".
-fn raw<T>(f: impl AsyncFnOnce(&mut Client) -> T) -> T {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = Client::connect(endpoints(), None).await.unwrap();
-        f(&mut client).await
-    })
-}
-
-/// Every etcd key under `prefix`, with its version.
-fn etcd_keys(prefix: &str) -> Vec<(Vec<u8>, i64)> {
-    raw(async |c: &mut Client| {
-        let response = c
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
-        response
-            .kvs()
-            .iter()
-            .map(|kv| (kv.key().to_vec(), kv.version()))
-            .collect()
-    })
-}
-
+/// Nothing listens at the endpoint: `connect` says so at once (connection refused), instead of
+/// retrying for its budget. The budget here is an hour, so a `connect` that waited for it would
+/// trip the liveness bound instead.
 #[test]
-fn unreachable_endpoint_is_a_connect_error() {
+fn a_refused_endpoint_is_a_connect_error_at_once() {
     // A port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -53,12 +29,25 @@ fn unreachable_endpoint_is_a_connect_error() {
         .unwrap()
         .port();
     let endpoint = format!("127.0.0.1:{port}");
-    let e = EtcdStore::<String, i64>::connect_with([&endpoint], "x/", quick()).unwrap_err();
+    let patient = Options {
+        budget: Duration::from_secs(3600),
+        lease_ttl: Duration::from_secs(5 * 3600),
+        ..Options::default()
+    };
+    let (answer, answered) = std::sync::mpsc::channel();
+    let at = endpoint.clone();
+    std::thread::spawn(move || {
+        let _ = answer.send(EtcdStore::<String, i64>::connect_with([&at], "x/", patient));
+    });
+    let e = match answered.recv_timeout(Duration::from_secs(60)) {
+        Ok(connected) => connected.unwrap_err(),
+        Err(_) => panic!("connect to a refused port waited for its budget instead of failing"),
+    };
     let Error::Connect { endpoints, reason } = &e else {
         panic!("expected Error::Connect, got {e:?}")
     };
     assert_eq!(endpoints, std::slice::from_ref(&endpoint));
-    assert!(!reason.is_empty());
+    assert!(reason.contains("connection refused"), "{reason}");
     let message = e.to_string();
     assert!(
         message.starts_with("cannot connect to etcd at"),
@@ -84,8 +73,8 @@ fn a_value_written_by_someone_else_is_a_decode_error_and_nothing_is_written() {
     let wrong_type = format!("{prefix}k/text");
     raw(async |c: &mut Client| {
         c.put(key.as_str(), "hello", None).await.unwrap();
-        // The store's own format, but a string where an i64 is expected.
-        let mut text = vec![1u8];
+        // The store's own format (a tag, a version), but a string where an i64 is expected.
+        let mut text = vec![3u8, 0, 0, 0, 0, 0, 0, 0, 1];
         ciborium::into_writer(&"ten", &mut text).unwrap();
         c.put(wrong_type.as_str(), text, None).await.unwrap();
     });
@@ -193,10 +182,55 @@ fn too_many_keys_is_a_clear_error() {
         e,
         Error::TooManyKeys {
             keys: 200,
-            limit: 128
+            limit: 127
         }
     );
     assert_eq!(store.dump().unwrap(), vec![]);
+
+    // A transaction that writes holds at most 125 keys (with its marker, and the floor's
+    // compare and raise, in etcd's 128 operations); one that only reads, any number (it sends
+    // no commit), prefetched or not.
+    let keys: Vec<String> = (0..200).map(|i| format!("{i:03}")).collect();
+    let e = store
+        .transaction()
+        .prefetch(keys.iter().take(126).cloned())
+        .run(|tx| {
+            for key in &keys[..126] {
+                tx.set(key, 1)?;
+            }
+            Ok::<_, stm_store_etcd::TxError>(())
+        })
+        .unwrap_err();
+    assert_eq!(
+        e.error(),
+        Some(&Error::TooManyKeys {
+            keys: 126,
+            limit: 125
+        })
+    );
+    assert_eq!(store.dump().unwrap(), vec![], "nothing written");
+    store
+        .transaction()
+        .prefetch(keys.iter().take(125).cloned())
+        .run(|tx| {
+            for key in &keys[..125] {
+                tx.set(key, 1)?;
+            }
+            Ok::<_, stm_store_etcd::TxError>(())
+        })
+        .unwrap();
+    let total = store
+        .transaction()
+        .prefetch(keys.iter().cloned())
+        .run(|tx| {
+            let mut total = 0;
+            for key in &keys {
+                total += tx.get(key)?.unwrap_or(0);
+            }
+            Ok::<_, stm_store_etcd::TxError>(total)
+        })
+        .unwrap();
+    assert_eq!(total, 125);
 }
 
 /// The blocking API refuses to run inside an async runtime (it would block the runtime's

@@ -243,3 +243,119 @@ fn bank_survives_stop_kill_and_restart() {
         tallies.iter().map(|t| t.commits).sum::<u64>()
     );
 }
+
+/// A stopped etcd: a transaction answers `BusyRetry` (its first read gets no answer within
+/// the budget), carried by its `TxError` for a closure with its own error type; nothing is
+/// written.
+#[test]
+fn a_stopped_etcd_fails_a_transaction_with_busy_retry() {
+    let server = EtcdServer::start("tx-stopped");
+    let store = connect(&server.endpoint, "bank/");
+    store.atomically(|tx| tx.set(&k("a"), 1)).unwrap();
+    server.pause();
+    let e = store.atomically(|tx| tx.set(&k("a"), 2)).unwrap_err();
+    assert_eq!(e, BusyRetry);
+    let e: Result<(), stm_store_etcd::TxError> = store.try_atomically(|tx| tx.set(&k("b"), 2));
+    assert_eq!(e.unwrap_err().error(), Some(&Error::from(BusyRetry)));
+    server.resume();
+    assert_eq!(store.dump().unwrap(), vec![(k("a"), 1, Some(1))]);
+}
+
+/// A transaction whose commit is sent to an etcd that stops before answering: nobody could
+/// commit it again later, so the call itself settles it, past its budget, once etcd answers
+/// again (after `SIGCONT`, or after `SIGKILL` and a restart on the same data): either the
+/// commit landed (the call returns the closure's value) or it is fenced and the closure runs
+/// again. Either way the increment lands exactly once.
+#[test]
+fn a_transaction_commit_in_doubt_is_settled_within_the_call() {
+    for kill in [false, true] {
+        let server = Mutex::new(EtcdServer::start(if kill {
+            "tx-doubt-kill"
+        } else {
+            "tx-doubt-cont"
+        }));
+        let endpoint = server.lock().unwrap().endpoint.clone();
+        let store = connect(&endpoint, "bank/");
+        store.atomically(|tx| tx.set(&k("n"), 0)).unwrap(); // and the markers' lease
+        let before = store.requests();
+        let mut attempts = Vec::new();
+        let counted = std::thread::scope(|s| {
+            s.spawn(|| {
+                // The read, the commit, and tries to settle it until the call's budget was
+                // spent (a try per request timeout: two within the budget) and then some: the
+                // call is still settling it after its budget, and only then does etcd come back.
+                wait_for(
+                    "tries to settle it past the budget",
+                    Duration::from_secs(60),
+                    || store.requests() >= before + 6,
+                );
+                let mut server = server.lock().unwrap();
+                if kill {
+                    server.kill_and_restart();
+                } else {
+                    server.resume();
+                }
+            });
+            store.atomically(|tx| {
+                let n = tx.get(&k("n"))?.unwrap();
+                attempts.push(tx.attempt());
+                if tx.attempt() == 1 {
+                    // etcd answered the read, so the commit is sent without a check first.
+                    server.lock().unwrap().pause();
+                }
+                tx.set(&k("n"), n + 1)?;
+                Ok(n + 1)
+            })
+        });
+        eprintln!("commit in doubt, kill = {kill}: attempts {attempts:?}");
+        assert_eq!(counted.unwrap(), 1, "kill = {kill}, attempts {attempts:?}");
+        assert_eq!(
+            store.dump().unwrap(),
+            vec![(k("n"), 2, Some(1))],
+            "kill = {kill}: the increment landed exactly once (attempts {attempts:?})"
+        );
+    }
+}
+
+/// A transaction waiting in `retry` while etcd is killed, down for longer than a call's budget,
+/// and restarted: its watch breaks, is set up again from the same revision once etcd is back,
+/// and the commit made after the restart wakes it.
+#[test]
+fn retry_waits_through_an_etcd_restart() {
+    let mut server = EtcdServer::start("tx-retry-restart");
+    let store = connect(&server.endpoint, "bank/");
+    store.atomically(|tx| tx.set(&k("job"), 0)).unwrap();
+    let (reported, first_run) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            store
+                .transaction()
+                .timeout(Duration::from_secs(120))
+                .run(|tx| {
+                    let job = tx.get(&k("job"))?.unwrap();
+                    let _ = reported.send(store.requests());
+                    if job > 0 {
+                        Ok(job)
+                    } else {
+                        tx.retry()
+                    }
+                })
+        });
+        let mark = first_run.recv_timeout(Duration::from_secs(60)).unwrap();
+        // The watch has been asked for.
+        wait_for("the watch", Duration::from_secs(60), || {
+            store.requests() > mark
+        });
+        server.kill();
+        // Tries to set the watch up again, refused, past the budget (about nine in 2.5 s).
+        let down = store.requests();
+        wait_for("tries past the budget", Duration::from_secs(60), || {
+            store.requests() >= down + 12
+        });
+        server.restart();
+        let mut job = store.usevar(k("job")).unwrap();
+        job.set(5);
+        job.commit().unwrap();
+        assert_eq!(waiter.join().unwrap().expect("woken after the restart"), 5);
+    });
+}

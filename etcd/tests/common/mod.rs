@@ -1,5 +1,5 @@
-//! Shared by the etcd tests: where the test etcd is, private etcd servers for the fault
-//! tests, and adapters that let one scenario read the same against both backends.
+//! Shared by the etcd tests: where the test etcd is, and private etcd servers for the fault
+//! tests.
 #![allow(dead_code)]
 
 pub mod bank;
@@ -45,44 +45,34 @@ pub fn etcd_store<V>(name: &str) -> EtcdStore<String, V> {
     EtcdStore::connect(endpoints(), fresh_prefix(name)).expect("connect to the test etcd")
 }
 
-/// The contract's error out of either backend's error.
-pub trait AsContract {
-    fn as_contract(&self) -> stm_store::Error;
+/// Raw access to an etcd (the test etcd by default), as "someone else".
+pub fn raw<T>(f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
+    raw_at(&endpoints(), f)
 }
 
-impl AsContract for stm_store::Error {
-    fn as_contract(&self) -> stm_store::Error {
-        *self
-    }
+/// Raw access to the etcd at `at`.
+pub fn raw_at<T>(at: &[String], f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect(at, None).await.unwrap();
+        f(&mut client).await
+    })
 }
 
-impl AsContract for stm_store_etcd::Error {
-    fn as_contract(&self) -> stm_store::Error {
-        self.contract()
-            .unwrap_or_else(|| panic!("expected a contract error, got: {self}"))
-    }
-}
-
-/// `Err(e)` as the contract's error, `Ok` as `None`.
-pub fn err<T, E: AsContract>(r: Result<T, E>) -> Option<stm_store::Error> {
-    r.err().map(|e| e.as_contract())
-}
-
-/// Either backend's `dump()` as rows.
-pub trait Rows<K, V> {
-    fn rows(self) -> Vec<(K, u64, Option<V>)>;
-}
-
-impl<K, V> Rows<K, V> for Vec<(K, u64, Option<V>)> {
-    fn rows(self) -> Vec<(K, u64, Option<V>)> {
-        self
-    }
-}
-
-impl<K, V> Rows<K, V> for Result<Vec<(K, u64, Option<V>)>, stm_store_etcd::Error> {
-    fn rows(self) -> Vec<(K, u64, Option<V>)> {
-        self.expect("dump")
-    }
+/// Every etcd key under `prefix` in the test etcd, with its etcd version.
+pub fn etcd_keys(prefix: &str) -> Vec<(Vec<u8>, i64)> {
+    raw(async |c: &mut etcd_client::Client| {
+        let options = etcd_client::GetOptions::new().with_prefix();
+        let response = c.get(prefix, Some(options)).await.unwrap();
+        response
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.version()))
+            .collect()
+    })
 }
 
 pub fn k(s: &str) -> String {
@@ -233,6 +223,12 @@ impl EtcdServer {
     pub fn kill_and_restart(&mut self) {
         let _one = starting();
         self.kill();
+        self.spawn();
+    }
+
+    /// A new etcd on the same data directory and ports, after [`kill`](Self::kill).
+    pub fn restart(&mut self) {
+        let _one = starting();
         self.spawn();
     }
 
