@@ -78,6 +78,8 @@ soak() {
         verdict="crashed (exit $status, see $dir/soak.log)"
     elif [ "${violations:-0}" -gt 0 ]; then
         verdict="**caught**: $violations of $runs histories not linearizable (the first, run $first, shown by $window operations)"
+    elif [ "$name" = none ]; then
+        verdict="all $runs histories linearizable"
     else
         verdict="not caught: all $runs histories linearizable"
     fi

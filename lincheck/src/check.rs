@@ -2,7 +2,7 @@
 //! which the model gives every answer that was recorded?
 //!
 //! 1. **Compile.** Keys and values become small numbers; each event becomes a step with its
-//!    interval, the keys it may create while in flight, and an [`Action`] for the model.
+//!    interval, the keys it may create while in flight, and an action for the model.
 //! 2. **Partition** where it is sound: keys that some operation touches together (a multi-key
 //!    commit, a `using`, a transaction) are checked together; `dump` and `snapshot` see every
 //!    key (and the absence of the others), so a history with one checks all its keys together.
@@ -85,6 +85,9 @@ pub struct Violation {
     /// be true, whatever the window's other operations did (each of those may or may not have
     /// taken effect, with any answer).
     pub needed: Vec<usize>,
+    /// Reads of the window whose answers are not needed, only that they returned: each found
+    /// or created its keys (contract 1), so they existed at one instant of its call.
+    pub creators: Vec<usize>,
     /// The report, ready to print.
     pub report: String,
 }
@@ -680,10 +683,16 @@ const TRIAL_STATES: u64 = 100_000;
 /// needs (a few seconds at most).
 const NEEDED_STATES: u64 = 2_000_000;
 
-/// A step whose answer and outcome are unknown: it may or may not take effect.
+/// A step whose answer and outcome are unknown: it may or may not take effect. A read that
+/// returned by `ret` still created its keys (it found them all existing at its instant); one
+/// that may still be in flight (`ret` is `NEVER`) may create them at any time, as it may while
+/// in flight anyway.
 fn forget(step: &Step, ret: Time) -> Step {
     let action = match &step.action {
-        Action::Nothing | Action::Observe { .. } => Action::Nothing,
+        Action::Observe { .. } | Action::Create(_) if ret != NEVER && !step.creates.is_empty() => {
+            Action::Create(step.creates.clone())
+        }
+        Action::Nothing | Action::Observe { .. } | Action::Create(_) => Action::Nothing,
         Action::Commit { parts, .. } => Action::Commit {
             parts: parts.clone(),
             outcome: Outcome::Unknown,
@@ -984,17 +993,36 @@ impl Window {
             )
         });
         let window: Vec<usize> = order.iter().map(|&at| self.steps[at].event).collect();
-        let needed: Vec<usize> = order
+        // A read whose answer is left open still created its keys (contract 1): it counts.
+        let created =
+            |at: usize| self.open[at] && matches!(self.steps[at].action, Action::Create(_));
+        let pick = |f: &dyn Fn(usize) -> bool| -> Vec<usize> {
+            order
+                .iter()
+                .filter(|&&at| f(at))
+                .map(|&at| self.steps[at].event)
+                .collect()
+        };
+        let needed = pick(&|at| !self.open[at]);
+        let creators = pick(&created);
+        let others = window.len() - needed.len() - creators.len();
+        // Small windows are shown whole; large ones, what is needed and the creating reads
+        // among the needed operations.
+        let (first, last) = order
             .iter()
             .filter(|&&at| !self.open[at])
-            .map(|&at| self.steps[at].event)
-            .collect();
-        let others = window.len() - needed.len();
-        // Small windows are shown whole (the others marked ~); large ones, what is needed.
+            .fold((NEVER, 0), |(first, last), &at| {
+                (first.min(self.steps[at].call), last.max(self.steps[at].ret))
+            });
         let shown: Vec<usize> = order
             .iter()
             .copied()
-            .filter(|&at| window.len() <= 30 || !self.open[at])
+            .filter(|&at| {
+                let step = &self.steps[at];
+                window.len() <= 30
+                    || !self.open[at]
+                    || (created(at) && step.call <= last && step.ret >= first)
+            })
             .collect();
         let origin = shown.first().map_or(0, |&at| self.steps[at].call);
         let micros = |t: Time| -> String {
@@ -1012,16 +1040,27 @@ impl Window {
              order that respects real time",
             needed.len()
         );
-        let _ =
-            match others {
-                0 => writeln!(report),
-                _ => writeln!(
+        if !creators.is_empty() {
+            let _ = write!(
+                report,
+                ", given that {} reads marked c found or created their keys (whatever else they \
+                 answered)",
+                creators.len()
+            );
+        }
+        let _ = match others {
+            0 => writeln!(report),
+            _ => writeln!(
                 report,
                 ", whatever the {others} other operations of the window did (each may or may not \
                  have taken effect, with any answer){}",
-                if window.len() <= 30 { "; those are marked ~" } else { "" }
+                if window.len() <= 30 {
+                    "; those are marked ~"
+                } else {
+                    ""
+                }
             ),
-            };
+        };
         let ms = |t: Time| format!("{:.6} ms", t as f64 / 1e6);
         let _ = writeln!(
             report,
@@ -1042,7 +1081,11 @@ impl Window {
         );
         for &at in &shown {
             let e = &history.events[self.steps[at].event];
-            let mark = if self.open[at] { "~" } else { " " };
+            let mark = match (self.open[at], created(at)) {
+                (false, _) => " ",
+                (true, true) => "c",
+                (true, false) => "~",
+            };
             let _ = writeln!(
                 report,
                 "  {mark} t{:<6} {:>10} {:>10}  {}",
@@ -1055,6 +1098,7 @@ impl Window {
         Violation {
             window,
             needed,
+            creators,
             report,
         }
     }
@@ -1113,7 +1157,7 @@ fn version_order(steps: &[Step]) -> (Vec<Vec<usize>>, Vec<u32>) {
     let mut failed: Vec<(usize, KeyId, u64)> = Vec::new();
     for (at, step) in steps.iter().enumerate() {
         match &step.action {
-            Action::Nothing => {}
+            Action::Nothing | Action::Create(_) => {}
             Action::Observe { present, .. } => {
                 for &(key, version, _) in present {
                     seers.entry((key, version)).or_default().push(at);

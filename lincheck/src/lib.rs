@@ -5,7 +5,7 @@
 //! - [`history`]: the recorded format (backend-neutral: an etcd client records into it too),
 //!   per-client logs and the run's clock.
 //! - [`record`]: the recorder for the in-process `stm_store::Store`.
-//! - [`check`]: the checker (Wing and Gong's search, memoized as in Lowe's paper and
+//! - [`mod@check`]: the checker (Wing and Gong's search, memoized as in Lowe's paper and
 //!   Porcupine, pruned by versions, partitioned where sound), and its report of the smallest
 //!   window of operations that no order fits.
 //! - [`run`]: randomized runs of the in-process store, each recorded and checked.

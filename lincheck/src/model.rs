@@ -48,6 +48,10 @@ pub(crate) enum Key {
     Absent { lo: u64, zero: bool },
     /// The key exists with this version and value.
     Known { version: u64, value: Val },
+    /// The key was created and not written since: no value, at a first version not known yet
+    /// (`zero` and `lo` as for `Absent`). Only a read whose answer the checker leaves open
+    /// creates it so (see [`Action::Create`]).
+    Fresh { lo: u64, zero: bool },
 }
 
 impl Key {
@@ -87,6 +91,10 @@ pub(crate) enum Action {
     },
     /// A commit (of handles, or of a transaction's run) and its outcome.
     Commit { parts: Vec<Part>, outcome: Outcome },
+    /// A read that created these keys (those that were absent), whose answer is left open
+    /// (while looking for the operations a violation needs): the keys exist from its instant
+    /// on, at first versions nobody saw.
+    Create(Vec<KeyId>),
 }
 
 /// The model's parameters.
@@ -101,7 +109,7 @@ impl Model {
     /// Whether a key absent as `key` could be created at `version`.
     fn can_start(&self, key: Key, version: u64) -> bool {
         match key {
-            Key::Absent { lo, zero } => {
+            Key::Absent { lo, zero } | Key::Fresh { lo, zero } => {
                 (zero && version == 0) || (lo <= version && version <= self.max_start)
             }
             Key::Unknown => true,
@@ -143,6 +151,16 @@ impl Model {
                 };
                 true
             }
+            fresh @ Key::Fresh { .. } => {
+                let seen = value == NO_VALUE && self.can_start(fresh, version);
+                if seen {
+                    *slot = Key::Known {
+                        version,
+                        value: Val::Is(NO_VALUE),
+                    };
+                }
+                seen
+            }
             absent @ Key::Absent { .. } => {
                 let created =
                     value == NO_VALUE && self.can_start(absent, version) && creatable(key);
@@ -166,7 +184,7 @@ impl Model {
                 *slot = Key::Absent { lo: 0, zero: true };
                 true
             }
-            Key::Known { .. } => false,
+            Key::Known { .. } | Key::Fresh { .. } => false,
         }
     }
 
@@ -192,7 +210,15 @@ impl Model {
                         };
                         true
                     }
-                    Key::Absent { .. } => false,
+                    // Created by a read whose answer is left open, at this version maybe.
+                    fresh @ Key::Fresh { .. } if self.can_start(fresh, part.version) => {
+                        next[part.key as usize] = Key::Known {
+                            version: part.version,
+                            value: Val::Is(NO_VALUE),
+                        };
+                        true
+                    }
+                    Key::Absent { .. } | Key::Fresh { .. } => false,
                 },
             };
             if !ok {
@@ -222,7 +248,7 @@ impl Model {
     fn can_fail(state: &[Key], parts: &[Part]) -> bool {
         parts.iter().any(|part| match state[part.key as usize] {
             Key::Known { version, .. } => version != part.version,
-            Key::Unknown | Key::Absent { .. } => true,
+            Key::Unknown | Key::Absent { .. } | Key::Fresh { .. } => true,
         })
     }
 
@@ -237,6 +263,15 @@ impl Model {
     ) -> Vec<Box<[Key]>> {
         match action {
             Action::Nothing => vec![state.into()],
+            Action::Create(keys) => {
+                let mut next: Box<[Key]> = state.into();
+                for &key in keys {
+                    if let Key::Absent { lo, zero } = next[key as usize] {
+                        next[key as usize] = Key::Fresh { lo, zero };
+                    }
+                }
+                vec![next]
+            }
             Action::Observe { present, absent } => {
                 let mut next: Box<[Key]> = state.into();
                 let ok = present.iter().all(|&(key, version, value)| {

@@ -12,7 +12,6 @@ use std::collections::{HashMap, VecDeque};
 
 use stm_store::{Stats, Store};
 
-use crate::check::{check, CheckError, Summary};
 use crate::history::{Clock, History, Op};
 use crate::record::{Handle, Handles, Recorder};
 
@@ -150,17 +149,6 @@ pub fn record(config: &Config) -> (History<Key, Val>, Stats) {
             .collect::<Vec<_>>()
     });
     (History::from_logs(logs), store.stats())
-}
-
-/// Runs `config` and checks its history: what checking took, and the history's size.
-///
-/// # Errors
-///
-/// The checker's verdict if the history is not linearizable.
-pub fn record_and_check(config: &Config) -> Result<(Summary, History<Key, Val>), CheckError> {
-    let (history, _) = record(config);
-    let summary = check(&history)?;
-    Ok((summary, history))
 }
 
 /// The deliberate bug of [`Config::stale_gets`]: a `get` answered from a copy of the value this

@@ -441,6 +441,33 @@ fn a_read_of_a_key_nobody_is_creating_is_rejected() {
 }
 
 #[test]
+fn the_operations_shown_are_the_ones_that_contradict_each_other() {
+    // Key "k" is created, removed and created again, and written through handles; then a get
+    // finds "j", which no call ever created, after a dump found it absent (the dump also puts
+    // both keys in one part). The dump and the get are to blame: the reads that created "k" may
+    // lose their answers, but not the keys they created, or the commits would seem to write a
+    // key that does not exist.
+    let mut h = H::new();
+    h.push(1, 0, 1, Op::Dump { rows: vec![] })
+        .push(0, 2, 3, usevar("k", 0, None))
+        .push(
+            0,
+            4,
+            5,
+            commit(vec![part("k", 0, Some(Write::Remove))], Outcome::Ok),
+        )
+        .push(0, 6, 7, usevar("k", 2, None))
+        .push(0, 8, 9, commit(vec![set("k", 2, 5)], Outcome::Ok))
+        .push(1, 10, 11, get("j", Some((0, None))));
+    let violation = match check(&h) {
+        Err(CheckError::NotLinearizable(violation)) => violation,
+        other => panic!("not rejected: {other:?}"),
+    };
+    println!("{violation}");
+    assert_eq!(violation.needed, [0, 5], "{violation}");
+}
+
+#[test]
 fn a_dump_that_misses_a_key_is_rejected() {
     let mut h = H::new();
     h.push(0, 0, 1, using(vec![("a", 0, None), ("b", 0, None)]))
