@@ -296,7 +296,8 @@ enum GlobalAction {
         whole_store: bool,
     },
     Commit {
-        parts: Vec<(usize, u64, Option<ValId>, Option<Effect>)>,
+        /// Keys by their index among all keys (made local to the part later).
+        parts: Vec<Part>,
         outcome: Outcome,
     },
 }
@@ -312,7 +313,7 @@ impl Global {
                 keys.extend(present.iter().map(|p| p.0));
                 keys.extend(absent);
             }
-            GlobalAction::Commit { parts, .. } => keys.extend(parts.iter().map(|p| p.0)),
+            GlobalAction::Commit { parts, .. } => keys.extend(parts.iter().map(|p| p.key as usize)),
         }
         keys
     }
@@ -352,11 +353,9 @@ impl Compiled {
                 .map_err(|why| format!("event {at} ({}): {why}", event.op))?;
             if let GlobalAction::Commit { parts, outcome } = &global.action {
                 if matches!(outcome, Outcome::Ok | Outcome::Unknown) {
-                    for &(_, version, _, write) in parts {
-                        if write == Some(Effect::Remove) {
-                            // The removal's version is version + 1; a new key may start one above.
-                            max_start = max_start.max(version + 2);
-                        }
+                    for part in parts.iter().filter(|p| p.write == Some(Effect::Remove)) {
+                        // The removal's version is version + 1; a new key may start one above.
+                        max_start = max_start.max(part.version + 2);
                     }
                 }
             }
@@ -459,11 +458,9 @@ impl Compiled {
                 GlobalAction::Commit { parts, outcome } => Action::Commit {
                     parts: parts
                         .into_iter()
-                        .map(|(key, version, value, write)| Part {
-                            key: to_local(key),
-                            version,
-                            value,
-                            write,
+                        .map(|part| Part {
+                            key: to_local(part.key as usize),
+                            ..part
                         })
                         .collect(),
                     outcome,
@@ -590,12 +587,15 @@ where
         Op::Commit { parts, outcome } => {
             let parts: Vec<_> = parts
                 .iter()
-                .map(|part| {
-                    let write = part.write.as_ref().map(|w| effect(w, value));
-                    (key(&part.key), part.version, None, write)
+                .map(|part| Part {
+                    key: key(&part.key) as KeyId,
+                    version: part.version,
+                    value: None,
+                    write: part.write.as_ref().map(|w| effect(w, value)),
+                    absent: false,
                 })
                 .collect();
-            let ids: Vec<usize> = parts.iter().map(|p| p.0).collect();
+            let ids: Vec<usize> = parts.iter().map(|p| p.key as usize).collect();
             distinct(&ids, "parts")?;
             Global {
                 creates: Vec::new(),
@@ -608,6 +608,7 @@ where
         Op::Transaction {
             touched,
             reads,
+            absent,
             writes,
             outcome,
         } => {
@@ -615,7 +616,12 @@ where
                 return Err("a transaction reports only its committed run (Ok or Unknown)".into());
             }
             let read = rows(reads, key, value);
-            let ids: Vec<usize> = read.iter().map(|p| p.0).collect();
+            let absent: Vec<(usize, u64)> = absent.iter().map(|(k, v)| (key(k), *v)).collect();
+            let ids: Vec<usize> = read
+                .iter()
+                .map(|p| p.0)
+                .chain(absent.iter().map(|a| a.0))
+                .collect();
             distinct(&ids, "reads")?;
             let mut effects: FastMap<usize, Effect> = FastMap::default();
             for (k, write) in writes {
@@ -628,16 +634,27 @@ where
                 }
             }
             let mut creates: Vec<usize> = touched.iter().map(&mut *key).collect();
-            creates.extend(&ids);
+            creates.extend(read.iter().map(|p| p.0));
             creates.sort_unstable();
             creates.dedup();
+            let present = read.into_iter().map(|(k, version, v)| Part {
+                key: k as KeyId,
+                version,
+                value: Some(v),
+                write: effects.get(&k).copied(),
+                absent: false,
+            });
+            let absent = absent.into_iter().map(|(k, version)| Part {
+                key: k as KeyId,
+                version,
+                value: None,
+                write: effects.get(&k).copied(),
+                absent: true,
+            });
             Global {
                 creates,
                 action: GlobalAction::Commit {
-                    parts: read
-                        .into_iter()
-                        .map(|(k, version, v)| (k, version, Some(v), effects.get(&k).copied()))
-                        .collect(),
+                    parts: present.chain(absent).collect(),
                     outcome: *outcome,
                 },
             }
@@ -1168,7 +1185,9 @@ fn version_order(steps: &[Step]) -> (Vec<Vec<usize>>, Vec<u32>) {
                 outcome: Outcome::Ok,
             } => {
                 for part in parts {
-                    seers.entry((part.key, part.version)).or_default().push(at);
+                    if !part.absent {
+                        seers.entry((part.key, part.version)).or_default().push(at);
+                    }
                     if part.write.is_some() {
                         writers
                             .entry((part.key, part.version + 1))

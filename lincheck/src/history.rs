@@ -104,6 +104,12 @@ pub enum Op<K, V> {
         /// The committed run's reads: the version and value of each key it touched, as first
         /// read (before its own writes).
         reads: Vec<Row<K, V>>,
+        /// Keys the committed run found with no value at this version (`Tx::version`) where
+        /// the backend does not say whether they exist: absent (they would be created at this
+        /// version) or there with no value. A backend whose transactions create nothing when they
+        /// read (etcd) records such reads here; writing such a key makes it this version + 1.
+        /// The in-process store's transactions create the keys they read: it leaves this empty.
+        absent: Vec<(K, u64)>,
         /// The committed run's writes, one per key (the last one wins).
         writes: Vec<(K, Write<V>)>,
         /// `Ok` (or `Unknown` if the backend cannot tell).
@@ -378,11 +384,22 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Display for Op<K, V> {
             Op::Transaction {
                 touched,
                 reads,
+                absent,
                 writes,
                 outcome,
             } => {
                 f.write_str("atomically: read ")?;
                 rows(f, reads)?;
+                if !absent.is_empty() {
+                    f.write_str(" and as absent or empty [")?;
+                    for (at, (key, version)) in absent.iter().enumerate() {
+                        if at > 0 {
+                            f.write_str(", ")?;
+                        }
+                        write!(f, "{key:?}@v{version}")?;
+                    }
+                    f.write_str("]")?;
+                }
                 if !writes.is_empty() {
                     f.write_str(", then ")?;
                     for (at, (key, write)) in writes.iter().enumerate() {
@@ -392,7 +409,7 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Display for Op<K, V> {
                         write!(f, "{key:?} {write}")?;
                     }
                 }
-                if touched.len() > reads.len() {
+                if touched.len() > reads.len() + absent.len() {
                     write!(f, " (earlier runs also touched {touched:?})")?;
                 }
                 write!(f, " -> {outcome}")

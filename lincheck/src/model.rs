@@ -76,6 +76,10 @@ pub(crate) struct Part {
     pub version: u64,
     pub value: Option<ValId>,
     pub write: Option<Effect>,
+    /// The key must be absent, and would be created at `version`, or be there at `version` with
+    /// no value (a transaction of a backend whose reads create nothing and do not tell the two
+    /// apart); a write makes it `version + 1`.
+    pub absent: bool,
 }
 
 /// What an operation does, as the search sees it.
@@ -199,6 +203,12 @@ impl Model {
         let mut next: Box<[Key]> = state.into();
         for part in parts {
             let ok = match part.value {
+                // Absent (it would be created at this version), or there with no value.
+                _ if part.absent => match next[part.key as usize] {
+                    absent @ Key::Absent { .. } => self.can_start(absent, part.version),
+                    Key::Unknown => true,
+                    _ => self.see(&mut next, part.key, part.version, NO_VALUE, creatable),
+                },
                 // A transaction's read: it may have created the key itself.
                 Some(value) => self.see(&mut next, part.key, part.version, value, creatable),
                 None => match next[part.key as usize] {
@@ -245,8 +255,14 @@ impl Model {
 
     /// Whether a commit of `parts` can fail from `state`: some key does not have its part's
     /// version (a key's versions only grow, so it changed since the handle's read).
-    fn can_fail(state: &[Key], parts: &[Part]) -> bool {
+    fn can_fail(&self, state: &[Key], parts: &[Part]) -> bool {
         parts.iter().any(|part| match state[part.key as usize] {
+            key @ Key::Absent { .. } if part.absent => !self.can_start(key, part.version),
+            Key::Known {
+                version,
+                value: Val::Is(NO_VALUE) | Val::Unknown,
+            } if part.absent => version != part.version,
+            _ if part.absent => true,
             Key::Known { version, .. } => version != part.version,
             Key::Unknown | Key::Absent { .. } | Key::Fresh { .. } => true,
         })
@@ -288,7 +304,7 @@ impl Model {
                 match outcome {
                     Outcome::Ok => next.extend(self.land(state, parts, creatable)),
                     Outcome::ConcurrentUpdate => {
-                        if Self::can_fail(state, parts) {
+                        if self.can_fail(state, parts) {
                             next.push(state.into());
                         }
                     }

@@ -508,6 +508,7 @@ where
             Op::Transaction {
                 touched: seen.touched,
                 reads: seen.reads,
+                absent: Vec::new(), // the in-process store's reads create their keys
                 writes: seen.writes,
                 outcome: Outcome::Ok,
             },

@@ -46,6 +46,7 @@ fn tx(reads: Rows, writes: Vec<(&'static str, Write<i64>)>) -> Op<&'static str, 
     Op::Transaction {
         touched: reads.iter().map(|r| r.0).collect(),
         reads,
+        absent: Vec::new(),
         writes,
         outcome: Outcome::Ok,
     }
@@ -247,6 +248,81 @@ fn a_transaction_is_one_atomic_step() {
         .push(2, 5, 6, using(vec![("a", 1, Some(10)), ("b", 1, Some(0))]))
         .push(2, 11, 12, using(vec![("a", 2, Some(7)), ("b", 2, Some(3))]));
     accepted(&h);
+}
+
+/// A transaction of a backend whose reads create nothing (etcd): it found the keys of `absent`
+/// with no value, absent or not.
+fn tx_absent(
+    reads: Rows,
+    absent: Vec<(&'static str, u64)>,
+    writes: Vec<(&'static str, Write<i64>)>,
+) -> Op<&'static str, i64> {
+    Op::Transaction {
+        touched: Vec::new(),
+        reads,
+        absent,
+        writes,
+        outcome: Outcome::Ok,
+    }
+}
+
+#[test]
+fn a_transaction_whose_reads_create_nothing_creates_a_key_only_by_writing_it() {
+    // "a" is found with no value and written: created at version 1. "b" is found with no value
+    // and not written: it stays absent.
+    let mut h = H::new();
+    let found = vec![("a", 0), ("b", 0)];
+    h.push(
+        0,
+        0,
+        1,
+        tx_absent(vec![], found, vec![("a", Write::Set(7))]),
+    );
+    h.push(
+        1,
+        2,
+        3,
+        Op::Dump {
+            rows: vec![("a", 1, Some(7))],
+        },
+    );
+    accepted(&h);
+    // A key there with no value reads the same.
+    let mut h = H::new();
+    h.push(0, 0, 1, usevar("a", 0, None));
+    h.push(
+        1,
+        2,
+        3,
+        tx_absent(vec![], vec![("a", 0)], vec![("a", Write::Set(7))]),
+    );
+    h.push(1, 4, 5, get("a", Some((1, Some(7)))));
+    accepted(&h);
+    // A key with a value does not.
+    let mut h = H::new();
+    h.push(0, 0, 1, usevar("a", 0, None));
+    h.push(0, 2, 3, commit(vec![set("a", 0, 5)], Outcome::Ok));
+    h.push(
+        1,
+        4,
+        5,
+        tx_absent(vec![], vec![("a", 1)], vec![("a", Write::Set(7))]),
+    );
+    rejected(&h, &[1, 2]);
+}
+
+#[test]
+fn a_history_may_start_from_a_store_that_holds_keys() {
+    let mut h = H::new();
+    h.initial = vec![("k", 3, Some(1))];
+    h.push(0, 0, 1, get("k", Some((3, Some(1)))))
+        .push(0, 2, 3, commit(vec![set("k", 3, 2)], Outcome::Ok))
+        .push(1, 4, 5, get("k", Some((4, Some(2)))));
+    accepted(&h);
+    let mut h = H::new();
+    h.initial = vec![("k", 3, Some(1))];
+    h.push(0, 0, 1, get("k", None));
+    rejected(&h, &[0]);
 }
 
 #[test]
